@@ -1,0 +1,521 @@
+//! The hub: the one owner of topic ids, latest values, the history ring, the
+//! subscription index and every connection's subscriptions. Sessions and the
+//! MQTT bridge talk to it over channels; it never waits on a connection.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+use log::debug;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::metrics::Metrics;
+use crate::outbox::{Bytes, Outbox};
+use crate::protocol::{ClientMsg, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION};
+use crate::topic::{self, FilterIndex};
+
+/// What the MQTT bridge hands the hub, in broker order.
+#[derive(Debug)]
+pub enum BridgeMsg {
+    /// One message from the broker; `value` is the encoded [`crate::protocol::Value`].
+    Event { topic: String, value: Vec<u8>, ts_ms: u64 },
+    /// The broker link went up or down.
+    Link { up: bool },
+}
+
+/// A client's Publish, for the bridge to send to the broker at QoS 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// What a connection may subscribe and publish within.
+#[derive(Debug, Clone, Default)]
+pub struct Permissions {
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+/// What sessions tell the hub.
+pub enum HubCmd {
+    /// A connection upgraded; the hub sends its Hello.
+    Connect { conn: u64, outbox: Arc<Outbox>, perms: Arc<Permissions> },
+    /// The connection ended.
+    Disconnect { conn: u64 },
+    /// One decoded client message; answered in order through the outbox.
+    Request { conn: u64, msg: ClientMsg },
+    /// A behind connection emptied its outbox.
+    Drained { conn: u64 },
+    /// Close every connection with 1001.
+    Shutdown,
+}
+
+/// Hub settings from the config.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub max_topics: usize,
+    pub history: usize,
+    pub max_filters: u16,
+    pub heartbeat_ms: u32,
+}
+
+struct TopicEntry {
+    name: Box<str>,
+    /// The encoded `Topic{id, name}` declaration.
+    decl: Bytes,
+    /// Seq and encoded Event of the latest value.
+    latest: Option<(u64, Bytes)>,
+}
+
+struct HistoryEntry {
+    seq: u64,
+    topic: u32,
+    event: Bytes,
+}
+
+struct Lag {
+    missed: HashSet<u32>,
+    events: u64,
+}
+
+struct Conn {
+    outbox: Arc<Outbox>,
+    perms: Arc<Permissions>,
+    subs: HashMap<u32, Vec<Box<str>>>,
+    filters: usize,
+    /// Bit per topic id already declared on this connection.
+    declared: Vec<u64>,
+    /// The seq of the last live event delivered, to deliver once per connection.
+    last_seq: u64,
+    lag: Option<Lag>,
+}
+
+impl Conn {
+    fn is_declared(&self, id: u32) -> bool {
+        self.declared.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    fn declare(&mut self, id: u32) {
+        let i = id as usize / 64;
+        if self.declared.len() <= i {
+            self.declared.resize(i + 1, 0);
+        }
+        self.declared[i] |= 1 << (id % 64);
+    }
+
+    /// Queues an answer message, with the topic's declaration first if needed.
+    fn push_event(&mut self, id: u32, t: &TopicEntry, event: &Bytes) {
+        if !self.is_declared(id) {
+            self.declare(id);
+            self.outbox.push(t.decl.clone());
+        }
+        self.outbox.push(event.clone());
+    }
+}
+
+/// The hub actor's state.
+pub struct Hub {
+    cfg: HubConfig,
+    server: String,
+    epoch: u64,
+    seq: u64,
+    topics: Vec<TopicEntry>,
+    by_name: HashMap<Box<str>, u32>,
+    history: VecDeque<HistoryEntry>,
+    index: FilterIndex,
+    conns: HashMap<u64, Conn>,
+    broker_up: bool,
+    metrics: Arc<Metrics>,
+    publish_tx: Sender<Publish>,
+    scratch: Vec<u64>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A random epoch, different on every start.
+pub fn random_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        if f.read_exact(&mut b).is_ok() {
+            return u64::from_le_bytes(b) >> 11; // 53 bits: exact in a JS number
+        }
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish() >> 11
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Encodes `ServerMsg::Event` around an already encoded Value, as postcard would.
+pub fn encode_event(topic: u32, seq: u64, ts_ms: u64, value: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(1 + 5 + 10 + 10 + value.len());
+    out.push(2);
+    put_varint(&mut out, u64::from(topic));
+    put_varint(&mut out, seq);
+    put_varint(&mut out, ts_ms);
+    out.extend_from_slice(value);
+    Arc::from(out)
+}
+
+fn bytes(msg: &ServerMsg) -> Bytes {
+    Arc::from(msg.encode())
+}
+
+fn error(code: u16, req: u32, message: impl Into<String>) -> Bytes {
+    bytes(&ServerMsg::Error { code, req, message: message.into() })
+}
+
+impl Hub {
+    pub fn new(cfg: HubConfig, metrics: Arc<Metrics>, publish_tx: Sender<Publish>) -> Hub {
+        Hub {
+            cfg,
+            server: format!("edgepush {}", env!("CARGO_PKG_VERSION")),
+            epoch: random_epoch(),
+            seq: 0,
+            topics: Vec::new(),
+            by_name: HashMap::new(),
+            history: VecDeque::new(),
+            index: FilterIndex::default(),
+            conns: HashMap::new(),
+            broker_up: false,
+            metrics,
+            publish_tx,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Runs until a Shutdown command arrives or every command sender is gone.
+    pub async fn run(mut self, cmds: Receiver<HubCmd>, bridge: Receiver<BridgeMsg>) {
+        const BATCH: usize = 256;
+        enum Wake {
+            Cmd(HubCmd),
+            Bridge(BridgeMsg),
+            Closed,
+        }
+        loop {
+            let woke = smol::future::race(
+                async { cmds.recv().await.map_or(Wake::Closed, Wake::Cmd) },
+                async {
+                    match bridge.recv().await {
+                        Ok(m) => Wake::Bridge(m),
+                        // The bridge is gone: keep serving sessions.
+                        Err(_) => std::future::pending().await,
+                    }
+                },
+            )
+            .await;
+            match woke {
+                Wake::Closed => return,
+                Wake::Cmd(c) => {
+                    if !self.command(c) {
+                        return;
+                    }
+                }
+                Wake::Bridge(m) => self.bridge(m),
+            }
+            // Take what else is ready, a bounded batch from each side.
+            for _ in 0..BATCH {
+                match cmds.try_recv() {
+                    Ok(c) => {
+                        if !self.command(c) {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => return,
+                }
+            }
+            for _ in 0..BATCH {
+                match bridge.try_recv() {
+                    Ok(m) => self.bridge(m),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Handles one session command; false on Shutdown.
+    pub fn command(&mut self, cmd: HubCmd) -> bool {
+        match cmd {
+            HubCmd::Connect { conn, outbox, perms } => {
+                outbox.push(bytes(&ServerMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    server: self.server.clone(),
+                    epoch: self.epoch,
+                    heartbeat_ms: self.cfg.heartbeat_ms,
+                    max_filters: self.cfg.max_filters,
+                    broker_up: self.broker_up,
+                }));
+                let c = Conn {
+                    outbox,
+                    perms,
+                    subs: HashMap::new(),
+                    filters: 0,
+                    declared: Vec::new(),
+                    last_seq: 0,
+                    lag: None,
+                };
+                self.conns.insert(conn, c);
+            }
+            HubCmd::Disconnect { conn } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    for (id, filters) in c.subs {
+                        for f in filters.iter() {
+                            self.index.remove(f, (conn, id));
+                        }
+                    }
+                }
+            }
+            HubCmd::Request { conn, msg } => {
+                self.request(conn, msg);
+                if let Some(c) = self.conns.get(&conn) {
+                    c.outbox.request_answered();
+                }
+            }
+            HubCmd::Drained { conn } => self.catch_up(conn),
+            HubCmd::Shutdown => {
+                for c in self.conns.values() {
+                    c.outbox.close(1001);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handles one message from the MQTT bridge.
+    pub fn bridge(&mut self, msg: BridgeMsg) {
+        match msg {
+            BridgeMsg::Link { up } => {
+                if up == self.broker_up {
+                    return;
+                }
+                self.broker_up = up;
+                let notice = bytes(&ServerMsg::Broker { up });
+                for c in self.conns.values() {
+                    c.outbox.push(notice.clone());
+                }
+            }
+            BridgeMsg::Event { topic, value, ts_ms } => self.event(topic, &value, ts_ms),
+        }
+    }
+
+    fn event(&mut self, name: String, value: &[u8], ts_ms: u64) {
+        Metrics::inc(&self.metrics.events_in);
+        let id = match self.by_name.get(name.as_str()) {
+            Some(&id) => id,
+            None if self.topics.len() < self.cfg.max_topics => {
+                let id = self.topics.len() as u32;
+                let decl = bytes(&ServerMsg::Topic { id, name: name.clone() });
+                let name: Box<str> = name.into();
+                self.by_name.insert(name.clone(), id);
+                self.topics.push(TopicEntry { name, decl, latest: None });
+                self.metrics.topics.store(self.topics.len() as u64, Relaxed);
+                id
+            }
+            None => {
+                Metrics::inc(&self.metrics.events_dropped_topics);
+                debug!("dropped an event for {name:?}: max-topics reached");
+                return;
+            }
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let event = encode_event(id, seq, ts_ms, value);
+        self.topics[id as usize].latest = Some((seq, event.clone()));
+        if self.cfg.history > 0 {
+            if self.history.len() == self.cfg.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(HistoryEntry { seq, topic: id, event: event.clone() });
+        }
+        // Fan out: each matching connection once, however many of its filters match.
+        let mut targets = std::mem::take(&mut self.scratch);
+        let topic = &self.topics[id as usize];
+        self.index.for_each_match(&topic.name, |(conn, _)| targets.push(conn));
+        let now = Instant::now();
+        for conn in targets.drain(..) {
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            if c.last_seq == seq {
+                continue;
+            }
+            c.last_seq = seq;
+            if let Some(lag) = &mut c.lag {
+                lag.missed.insert(id);
+                lag.events += 1;
+                continue;
+            }
+            let declared = c.is_declared(id);
+            let queued = if declared {
+                c.outbox.push_live(&[&event])
+            } else {
+                c.outbox.push_live(&[&topic.decl, &event])
+            };
+            if queued {
+                if !declared {
+                    c.declare(id);
+                }
+            } else {
+                // Full: collapse to the latest value per topic from here on.
+                c.lag = Some(Lag { missed: HashSet::from([id]), events: 1 });
+                c.outbox.mark_behind(now);
+                Metrics::inc(&self.metrics.lagged);
+                debug!("connection {conn} fell behind");
+            }
+        }
+        self.scratch = targets;
+    }
+
+    /// A behind connection drained its outbox: send Lagged and the latest
+    /// event of every topic it missed, in seq order.
+    fn catch_up(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(lag) = c.lag.take() else {
+            c.outbox.clear_behind();
+            return;
+        };
+        let latest = latest_in_seq_order(&self.topics, lag.missed.iter().copied());
+        let skipped = lag.events.saturating_sub(latest.len() as u64);
+        c.outbox.push(bytes(&ServerMsg::Lagged { skipped: skipped.min(u64::from(u32::MAX)) as u32 }));
+        for id in latest {
+            let t = &self.topics[id as usize];
+            c.push_event(id, t, &t.latest.as_ref().expect("has a latest").1);
+        }
+        c.outbox.clear_behind();
+    }
+
+    fn request(&mut self, conn: u64, msg: ClientMsg) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        match msg {
+            ClientMsg::Ping { nonce } => c.outbox.push(bytes(&ServerMsg::Pong { nonce })),
+            ClientMsg::Unsubscribe { id } => match c.subs.remove(&id) {
+                Some(filters) => {
+                    c.filters -= filters.len();
+                    for f in filters.iter() {
+                        self.index.remove(f, (conn, id));
+                    }
+                }
+                None => c.outbox.push(error(404, id, format!("no live subscription {id}"))),
+            },
+            ClientMsg::Publish { req, topic, payload, retain } => {
+                let refusal = if let Err(e) = topic::validate_topic(&topic) {
+                    Some(error(400, req, format!("bad topic: {e}")))
+                } else if !c.perms.publish.iter().any(|p| topic::matches(p, &topic)) {
+                    Some(error(403, req, format!("not permitted to publish to {topic:?}")))
+                } else if !self.broker_up {
+                    Some(error(503, req, "broker unavailable"))
+                } else {
+                    match self.publish_tx.try_send(Publish { topic, payload, retain }) {
+                        Ok(()) => {
+                            Metrics::inc(&self.metrics.publishes);
+                            None
+                        }
+                        Err(_) => Some(error(503, req, "broker link busy")),
+                    }
+                };
+                c.outbox.push(refusal.unwrap_or_else(|| bytes(&ServerMsg::Ack { req })));
+            }
+            ClientMsg::Subscribe { id, filters, resume } => {
+                match check_subscribe(c, usize::from(self.cfg.max_filters), id, &filters) {
+                    Err(e) => c.outbox.push(e),
+                    Ok(()) => self.subscribe(conn, id, filters, resume),
+                }
+            }
+        }
+    }
+
+}
+
+/// The checks of PROTOCOL.md "Errors" for a Subscribe, in their order.
+fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<(), Bytes> {
+        if c.subs.contains_key(&id) {
+            return Err(error(409, id, format!("subscription {id} is already live")));
+        }
+        if filters.is_empty() {
+            return Err(error(400, id, "empty filter list"));
+        }
+        for f in filters {
+            if let Err(e) = topic::validate_filter(f) {
+                let shown: String = f.chars().take(64).collect();
+                return Err(error(400, id, format!("bad filter {shown:?}: {e}")));
+            }
+        }
+        for f in filters {
+            if !c.perms.subscribe.iter().any(|p| topic::covers(p, f)) {
+                return Err(error(403, id, format!("not permitted to subscribe to {f:?}")));
+            }
+        }
+        if c.filters + filters.len() > max {
+            return Err(error(413, id, format!("a connection may hold at most {max} filters")));
+        }
+        Ok(())
+    }
+
+impl Hub {
+    /// Whether a resume can be answered by replay (PROTOCOL.md "Sync").
+    fn resume_usable(&self, r: &Resume) -> bool {
+        r.epoch == self.epoch
+            && r.last_seq <= self.seq
+            && (r.last_seq == self.seq || self.history.front().is_some_and(|h| h.seq <= r.last_seq + 1))
+    }
+
+    fn subscribe(&mut self, conn: u64, id: u32, filters: Vec<String>, resume: Option<Resume>) {
+        let filters: Vec<Box<str>> = filters.into_iter().map(Into::into).collect();
+        for f in &filters {
+            self.index.insert(f, (conn, id));
+        }
+        let matching = |name: &str| filters.iter().any(|f| topic::matches(f, name));
+        let replay_from = resume.filter(|r| self.resume_usable(r)).map(|r| r.last_seq);
+        let c = self.conns.get_mut(&conn).expect("checked by the caller");
+        let mode = match replay_from {
+            Some(last_seq) => {
+                let skip = self.history.front().map_or(0, |h| (last_seq + 1).saturating_sub(h.seq) as usize);
+                for h in self.history.iter().skip(skip) {
+                    let t = &self.topics[h.topic as usize];
+                    if matching(&t.name) {
+                        c.push_event(h.topic, t, &h.event);
+                    }
+                }
+                SyncMode::Replay
+            }
+            None => {
+                let ids = (0..self.topics.len() as u32).filter(|&i| matching(&self.topics[i as usize].name));
+                for tid in latest_in_seq_order(&self.topics, ids) {
+                    let t = &self.topics[tid as usize];
+                    c.push_event(tid, t, &t.latest.as_ref().expect("has a latest").1);
+                }
+                SyncMode::Snapshot
+            }
+        };
+        c.outbox.push(bytes(&ServerMsg::Synced { id, seq: self.seq, mode }));
+        c.filters += filters.len();
+        c.subs.insert(id, filters);
+    }
+}
+
+/// The given topics that have a value, ordered by the seq of their latest event.
+fn latest_in_seq_order(topics: &[TopicEntry], ids: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut v: Vec<(u64, u32)> =
+        ids.filter_map(|id| topics[id as usize].latest.as_ref().map(|(seq, _)| (*seq, id))).collect();
+    v.sort_unstable();
+    v.into_iter().map(|(_, id)| id).collect()
+}

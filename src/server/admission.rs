@@ -1,0 +1,102 @@
+//! Admission control: the global and per-address connection caps, checked
+//! before the upgrade. A slot is held by a guard for the whole session.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Refusal;
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// The connection caps and the current counts.
+pub struct Admission {
+    max: usize,
+    per_ip: usize,
+    counts: Mutex<Counts>,
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize, per_ip: usize) -> Arc<Admission> {
+        Arc::new(Admission { max, per_ip, counts: Mutex::default() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot for `ip`, or says which cap refused it (global first).
+    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let ip = canonical(ip);
+        let mut c = self.lock();
+        if c.total >= self.max {
+            return Err(Refusal::Capacity);
+        }
+        let n = c.by_ip.entry(ip).or_insert(0);
+        if *n >= self.per_ip {
+            return Err(Refusal::PerAddress);
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(Slot { admission: self.clone(), ip })
+    }
+
+    /// Connections holding a slot.
+    pub fn total(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.admission.lock();
+        c.total -= 1;
+        if let Some(n) = c.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_global_first_then_per_address_and_slots_free_on_drop() {
+        let a = Admission::new(3, 2);
+        let ip1: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let s1 = a.try_admit(ip1).unwrap();
+        let _s2 = a.try_admit(ip1).unwrap();
+        assert_eq!(a.try_admit(ip1).err(), Some(Refusal::PerAddress));
+        let _s3 = a.try_admit(ip2).unwrap();
+        assert_eq!(a.try_admit(ip2).err(), Some(Refusal::Capacity));
+        assert_eq!(a.try_admit(ip1).err(), Some(Refusal::Capacity), "global cap is checked first");
+        drop(s1);
+        assert_eq!(a.total(), 2);
+        let _s4 = a.try_admit("10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(a.try_admit(ip2).err(), Some(Refusal::Capacity));
+        assert_eq!(a.lock().by_ip.len(), 2);
+    }
+}

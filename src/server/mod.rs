@@ -1,0 +1,343 @@
+//! The listener: accept loop, admission, the HTTP request head, the routes
+//! beside `/ws`, the upgrade, and starting and stopping the whole server.
+
+pub mod admission;
+pub mod http;
+pub mod session;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::WebSocketStream;
+use log::{debug, info, warn};
+use smol::future::FutureExt as _;
+use smol::{Async, Executor, Timer};
+
+use crate::config::Config;
+use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Permissions, Publish};
+use crate::metrics::{Metrics, Refusal};
+use crate::mqtt;
+
+use admission::Admission;
+use http::{HeadError, Reject};
+use session::{Session, SessionConfig};
+
+/// The page served at `/` until the dashboard lands.
+const INDEX_HTML: &str = include_str!("index.html");
+
+/// Bridge → hub queue: events waiting for the hub. Bounded so a stalled hub
+/// slows the broker link rather than growing memory.
+const BRIDGE_QUEUE: usize = 1024;
+/// Sessions → hub queue.
+const HUB_QUEUE: usize = 4096;
+/// Client publishes waiting for the bridge.
+const PUBLISH_QUEUE: usize = 256;
+
+/// How long shutdown waits for connections to take their 1001 close.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// State every connection handler shares.
+struct Shared {
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+    hub: Sender<HubCmd>,
+    session: Arc<SessionConfig>,
+    perms: Arc<Permissions>,
+    shutting_down: AtomicBool,
+    next_conn: AtomicU64,
+    handshake_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+/// A running server: its threads, and how to stop it.
+pub struct Running {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    stop_accept: Sender<()>,
+    stop_bridge: Sender<()>,
+    stop_executor: Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+    bridge: Option<JoinHandle<()>>,
+    hub_done: Receiver<()>,
+    ex: Arc<Executor<'static>>,
+}
+
+impl Running {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting, closes every client with 1001, and stops every thread.
+    /// Returns within about 2 s even when clients do not answer.
+    pub fn shutdown(mut self) {
+        let started = Instant::now();
+        self.shared.shutting_down.store(true, Relaxed);
+        self.stop_accept.close();
+        let _ = self.shared.hub.try_send(HubCmd::Shutdown);
+        // Wait for the hub to close every outbox, then for sessions to finish.
+        let shared = self.shared.clone();
+        let hub_done = self.hub_done.clone();
+        smol::block_on(self.ex.run(async move {
+            let _ = hub_done.recv().await;
+            while shared.admission.total() > 0 && started.elapsed() < SHUTDOWN_GRACE {
+                Timer::after(Duration::from_millis(10)).await;
+            }
+        }));
+        self.stop_bridge.close();
+        self.stop_executor.close();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // The bridge may sit in a connect attempt; it ends on its own, so only
+        // wait for it briefly.
+        if let Some(b) = self.bridge.take() {
+            let deadline = Instant::now() + Duration::from_millis(300);
+            while !b.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let left = self.shared.admission.total();
+        if left > 0 {
+            debug!("shutdown: {left} connections did not close in time");
+        }
+        info!("stopped in {:?}", started.elapsed());
+    }
+}
+
+/// Binds the listener and starts the hub, the MQTT bridge and `threads`
+/// executor threads (0: one per core).
+///
+/// # Errors
+/// The listen address cannot be bound, or a thread cannot start.
+pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
+    let listener = Async::<TcpListener>::bind(cfg.listen)?;
+    let addr = listener.get_ref().local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.connections_max.store(cfg.limits.max_connections as u64, Relaxed);
+
+    let (hub_tx, hub_rx) = async_channel::bounded(HUB_QUEUE);
+    let (bridge_tx, bridge_rx) = async_channel::bounded::<BridgeMsg>(BRIDGE_QUEUE);
+    let (publish_tx, publish_rx) = async_channel::bounded::<Publish>(PUBLISH_QUEUE);
+    let (stop_bridge, stop_bridge_rx) = async_channel::bounded(1);
+    let (stop_accept, stop_accept_rx) = async_channel::bounded::<()>(1);
+    let (stop_executor, stop_executor_rx) = async_channel::bounded::<()>(1);
+    let (hub_done_tx, hub_done) = async_channel::bounded::<()>(1);
+
+    let hub = Hub::new(
+        HubConfig {
+            max_topics: cfg.limits.max_topics,
+            history: cfg.limits.history,
+            max_filters: cfg.limits.max_filters,
+            heartbeat_ms: cfg.heartbeat.interval_ms.min(u64::from(u32::MAX)) as u32,
+        },
+        metrics.clone(),
+        publish_tx,
+    );
+    info!("epoch {}", hub.epoch());
+    let bridge = mqtt::spawn(cfg.mqtt.clone(), bridge_tx, publish_rx, stop_bridge_rx, metrics.clone())?;
+
+    let shared = Arc::new(Shared {
+        admission: Admission::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip),
+        metrics: metrics.clone(),
+        hub: hub_tx,
+        session: Arc::new(SessionConfig {
+            heartbeat_interval: Duration::from_millis(cfg.heartbeat.interval_ms),
+            heartbeat_timeout: Duration::from_millis(cfg.heartbeat.timeout_ms),
+            slow_client_timeout: Duration::from_millis(cfg.limits.slow_client_timeout_ms),
+            outbox_messages: cfg.limits.outbox_messages,
+            max_message_bytes: cfg.limits.max_message_bytes,
+        }),
+        perms: Arc::new(Permissions { subscribe: cfg.auth.subscribe.clone(), publish: cfg.auth.publish.clone() }),
+        shutting_down: AtomicBool::new(false),
+        next_conn: AtomicU64::new(1),
+        handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+        max_header_bytes: cfg.limits.max_header_bytes,
+    });
+
+    let ex = Arc::new(Executor::new());
+    ex.spawn(async move {
+        hub.run(hub_rx, bridge_rx).await;
+        drop(hub_done_tx);
+    })
+    .detach();
+    ex.spawn(accept_loop(listener, shared.clone(), ex.clone(), stop_accept_rx)).detach();
+
+    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let ex = ex.clone();
+        let stop = stop_executor_rx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("edgepush-{i}"))
+                .spawn(move || smol::block_on(ex.run(async move {
+                    let _ = stop.recv().await;
+                })))?,
+        );
+    }
+    info!("listening on {addr}");
+    Ok(Running {
+        addr,
+        metrics,
+        shared,
+        stop_accept,
+        stop_bridge,
+        stop_executor,
+        threads: handles,
+        bridge: Some(bridge),
+        hub_done,
+        ex,
+    })
+}
+
+async fn accept_loop(
+    listener: Async<TcpListener>,
+    shared: Arc<Shared>,
+    ex: Arc<Executor<'static>>,
+    stop: Receiver<()>,
+) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = stop.recv().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                ex.spawn(connection(stream, peer, shared.clone())).detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                warn!("accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One accepted TCP connection, from its first byte to its end.
+async fn connection(mut stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
+    let line_seen = AtomicBool::new(false);
+    let mut buf = Vec::with_capacity(512);
+    let m = &shared.metrics;
+    // Only /ws requests take a slot, from the moment their request line asks for it.
+    let admit = |rl: &http::RequestLine| {
+        if rl.path != "/ws" {
+            return Ok(None);
+        }
+        if shared.shutting_down.load(Relaxed) {
+            return Err(HeadError::Refused(Refusal::ShuttingDown));
+        }
+        shared.admission.try_admit(peer.ip()).map(Some).map_err(HeadError::Refused)
+    };
+    let read = http::read_head(&mut stream, &mut buf, shared.max_header_bytes, &line_seen, admit);
+    let timeout = async {
+        Timer::after(shared.handshake_timeout).await;
+        Err(None)
+    };
+    let (head_len, line, slot) = match async { read.await.map_err(Some) }.or(timeout).await {
+        Ok(done) => done,
+        Err(failure) => {
+            let (why, answer) = match failure {
+                None if line_seen.load(Relaxed) => (Refusal::Timeout, Some(http::error_response(408, "request head too slow", &[]))),
+                None => (Refusal::Timeout, None),
+                Some(HeadError::TooLarge) => {
+                    (Refusal::HeaderTooLarge, Some(http::error_response(431, "request head too large", &[])))
+                }
+                Some(HeadError::Malformed) => (Refusal::BadRequest, Some(http::error_response(400, "malformed request", &[]))),
+                Some(HeadError::Refused(r @ (Refusal::Capacity | Refusal::ShuttingDown))) => {
+                    (r, Some(http::error_response(503, "server full", &[("Retry-After", "5")])))
+                }
+                Some(HeadError::Refused(r)) => (r, Some(http::error_response(429, "too many connections from your address", &[]))),
+                Some(HeadError::Closed) => return,
+            };
+            m.refused(why);
+            debug!("{peer}: refused ({why:?})");
+            if let Some(a) = answer {
+                http::send(&mut stream, &a).await;
+            }
+            return;
+        }
+    };
+    let head = &buf[..head_len];
+    let parsed = http::Head::parse(head);
+    let reply = |status, reason| http::error_response(status, reason, &[]);
+    let answer = match (&parsed, line.method.as_str(), line.path.as_str()) {
+        (Err(r), _, _) => Err(reply(r.status, r.reason)),
+        (_, m, _) if m != "GET" => Err(http::error_response(405, "only GET", &[("Allow", "GET")])),
+        (Ok(head), _, "/ws") => match head.check_upgrade() {
+            Ok(u) => Ok(u),
+            Err(Reject { status, reason }) if status == 426 => {
+                Err(http::error_response(status, reason, &[("Sec-WebSocket-Version", "13")]))
+            }
+            Err(Reject { status, reason }) => Err(reply(status, reason)),
+        },
+        (_, _, "/") => Err(http::response(200, "text/html; charset=utf-8", &[], INDEX_HTML.as_bytes())),
+        (_, _, "/healthz") => Err(healthz(&shared)),
+        (_, _, "/metrics") => Err(http::response(200, "text/plain; version=0.0.4", &[], m.render().as_bytes())),
+        _ => Err(reply(404, "not found")),
+    };
+    let upgrade = match answer {
+        Ok(u) => u,
+        Err(bytes) => {
+            if line.path == "/ws" {
+                m.refused(Refusal::BadRequest);
+            }
+            http::send(&mut stream, &bytes).await;
+            return;
+        }
+    };
+    let Some(slot) = slot else { return };
+    drop(parsed);
+    use smol::io::AsyncWriteExt;
+    if stream.write_all(&http::switching_protocols(&upgrade)).await.is_err() {
+        return;
+    }
+    let rest = buf.split_off(head_len);
+    drop(buf);
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(shared.session.websocket())).await;
+    let session = Session {
+        conn: shared.next_conn.fetch_add(1, Relaxed),
+        peer,
+        cfg: shared.session.clone(),
+        hub: shared.hub.clone(),
+        perms: shared.perms.clone(),
+        metrics: shared.metrics.clone(),
+        slot,
+    };
+    debug!("{peer}: upgraded as connection {}", session.conn);
+    session.run(ws).await;
+}
+
+fn healthz(shared: &Shared) -> Vec<u8> {
+    let up = shared.metrics.broker_up.load(Relaxed);
+    let stopping = shared.shutting_down.load(Relaxed);
+    let status = if stopping {
+        "shutting_down"
+    } else if up {
+        "ok"
+    } else {
+        "broker_down"
+    };
+    let body = format!(
+        "{{\"status\":\"{status}\",\"broker_up\":{up},\"connections\":{}}}\n",
+        shared.metrics.connections.load(Relaxed)
+    );
+    let code = if status == "ok" { 200 } else { 503 };
+    http::response(code, "application/json", &[], body.as_bytes())
+}
