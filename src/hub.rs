@@ -519,3 +519,158 @@ fn latest_in_seq_order(topics: &[TopicEntry], ids: impl Iterator<Item = u32>) ->
     v.sort_unstable();
     v.into_iter().map(|(_, id)| id).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Value;
+    use std::task::{Context, Poll, Waker};
+
+    fn hub(outbox: usize) -> (Hub, Arc<Outbox>, Receiver<Publish>) {
+        let (tx, rx) = async_channel::bounded(4);
+        let cfg = HubConfig { max_topics: 3, history: 4, max_filters: 4, heartbeat_ms: 1000 };
+        let mut h = Hub::new(cfg, Arc::new(Metrics::default()), tx);
+        let ob = Outbox::new(outbox);
+        let perms = Arc::new(Permissions { subscribe: vec!["#".into()], publish: vec!["cmd/#".into()] });
+        h.command(HubCmd::Connect { conn: 1, outbox: ob.clone(), perms });
+        (h, ob, rx)
+    }
+
+    fn drain(ob: &Outbox) -> Vec<ServerMsg> {
+        let cx = Context::from_waker(Waker::noop());
+        let mut frame = Vec::new();
+        while let Poll::Ready(Take::Messages(_)) = ob.poll_take(&cx, &mut frame, usize::MAX) {}
+        ServerMsg::decode_all(&frame).unwrap()
+    }
+
+    fn publish(h: &mut Hub, topic: &str, n: f64) {
+        let value = postcard::to_allocvec(&Value::Number(n)).unwrap();
+        h.bridge(BridgeMsg::Event { topic: topic.into(), value, ts_ms: 7 });
+    }
+
+    fn req(h: &mut Hub, msg: ClientMsg) {
+        h.command(HubCmd::Request { conn: 1, msg });
+    }
+
+    use crate::outbox::Take;
+
+    #[test]
+    fn event_bytes_are_what_postcard_encodes() {
+        let v = Value::Fields(vec![("t".into(), 21.5)]);
+        let enc = encode_event(300, 1 << 40, 1_700_000_000_000, &postcard::to_allocvec(&v).unwrap());
+        let want = ServerMsg::Event { topic: 300, seq: 1 << 40, ts_ms: 1_700_000_000_000, value: v };
+        assert_eq!(&*enc, &want.encode()[..]);
+    }
+
+    #[test]
+    fn snapshot_then_live_once_per_connection() {
+        let (mut h, ob, _) = hub(16);
+        publish(&mut h, "a/t", 1.0);
+        publish(&mut h, "a/t", 2.0);
+        publish(&mut h, "b/t", 3.0);
+        req(&mut h, ClientMsg::Subscribe { id: 1, filters: vec!["a/#".into(), "+/t".into()], resume: None });
+        let got = drain(&ob);
+        assert!(matches!(got[0], ServerMsg::Hello { .. }));
+        assert_eq!(got[1], ServerMsg::Topic { id: 0, name: "a/t".into() });
+        assert!(matches!(got[2], ServerMsg::Event { topic: 0, seq: 2, .. }));
+        assert_eq!(got[3], ServerMsg::Topic { id: 1, name: "b/t".into() });
+        assert!(matches!(got[4], ServerMsg::Event { topic: 1, seq: 3, .. }));
+        assert_eq!(got[5], ServerMsg::Synced { id: 1, seq: 3, mode: SyncMode::Snapshot });
+        publish(&mut h, "a/t", 4.0);
+        let got = drain(&ob);
+        assert_eq!(got.len(), 1, "two matching filters, one delivery: {got:?}");
+    }
+
+    #[test]
+    fn replay_within_the_ring_and_snapshot_past_it() {
+        let (mut h, ob, _) = hub(16);
+        for i in 0..6 {
+            publish(&mut h, "a", f64::from(i));
+        }
+        let epoch = h.epoch();
+        // The ring holds seqs 3..=6: resuming after 2 replays 3..=6.
+        req(&mut h, ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 2 }) });
+        let got = drain(&ob);
+        let seqs: Vec<u64> = got.iter().filter_map(|m| if let ServerMsg::Event { seq, .. } = m { Some(*seq) } else { None }).collect();
+        assert_eq!(seqs, vec![3, 4, 5, 6]);
+        assert_eq!(got.last(), Some(&ServerMsg::Synced { id: 1, seq: 6, mode: SyncMode::Replay }));
+        // Resuming after 1 needs seq 2, which is gone: snapshot.
+        req(&mut h, ClientMsg::Subscribe { id: 2, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 1 }) });
+        assert_eq!(drain(&ob).last(), Some(&ServerMsg::Synced { id: 2, seq: 6, mode: SyncMode::Snapshot }));
+        // Another epoch, or a seq from the future: snapshot.
+        req(&mut h, ClientMsg::Subscribe { id: 3, filters: vec!["#".into()], resume: Some(Resume { epoch: epoch + 1, last_seq: 5 }) });
+        assert_eq!(drain(&ob).last(), Some(&ServerMsg::Synced { id: 3, seq: 6, mode: SyncMode::Snapshot }));
+        req(&mut h, ClientMsg::Subscribe { id: 4, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 7 }) });
+        assert_eq!(drain(&ob).last(), Some(&ServerMsg::Synced { id: 4, seq: 6, mode: SyncMode::Snapshot }));
+    }
+
+    #[test]
+    fn topics_past_the_cap_are_dropped_before_a_seq() {
+        let (mut h, _, _) = hub(16);
+        for t in ["a", "b", "c", "d", "a"] {
+            publish(&mut h, t, 1.0);
+        }
+        assert_eq!(h.seq, 4);
+        assert_eq!(h.metrics.events_dropped_topics.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_full_outbox_collapses_to_latest_per_topic_with_lagged() {
+        let (mut h, ob, _) = hub(4);
+        req(&mut h, ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: None });
+        drain(&ob);
+        publish(&mut h, "a", 1.0); // Topic + Event: 2 live
+        publish(&mut h, "a", 2.0); // 3
+        publish(&mut h, "a", 3.0); // 4: full
+        publish(&mut h, "a", 4.0); // missed
+        publish(&mut h, "b", 5.0); // missed
+        publish(&mut h, "a", 6.0); // missed
+        assert!(ob.behind_since().is_some());
+        let cx = Context::from_waker(Waker::noop());
+        let mut frame = Vec::new();
+        assert_eq!(ob.poll_take(&cx, &mut frame, usize::MAX), Poll::Ready(Take::Messages(4)));
+        assert_eq!(ob.poll_take(&cx, &mut frame, usize::MAX), Poll::Ready(Take::Drained));
+        h.command(HubCmd::Drained { conn: 1 });
+        let got = drain(&ob);
+        assert_eq!(got[0], ServerMsg::Lagged { skipped: 1 });
+        assert!(matches!(got[1], ServerMsg::Topic { id: 1, .. }));
+        assert!(matches!(got[2], ServerMsg::Event { topic: 1, seq: 5, .. }));
+        assert!(matches!(got[3], ServerMsg::Event { topic: 0, seq: 6, .. }));
+        assert_eq!(ob.behind_since(), None);
+    }
+
+    #[test]
+    fn request_errors_in_protocol_order() {
+        let (mut h, ob, publishes) = hub(16);
+        drain(&ob);
+        let sub = |id, f: &[&str]| ClientMsg::Subscribe { id, filters: f.iter().map(|s| s.to_string()).collect(), resume: None };
+        req(&mut h, sub(1, &["a"]));
+        req(&mut h, sub(1, &["a/#/b"]));
+        req(&mut h, sub(2, &[]));
+        req(&mut h, sub(2, &["a", "b/#/c"]));
+        req(&mut h, sub(2, &["a", "b", "c", "d"]));
+        req(&mut h, ClientMsg::Unsubscribe { id: 9 });
+        req(&mut h, ClientMsg::Unsubscribe { id: 1 });
+        req(&mut h, sub(1, &["a", "b", "c", "d"]));
+        req(&mut h, ClientMsg::Publish { req: 5, topic: "x/+".into(), payload: vec![], retain: false });
+        req(&mut h, ClientMsg::Publish { req: 6, topic: "x".into(), payload: vec![], retain: false });
+        req(&mut h, ClientMsg::Publish { req: 7, topic: "cmd/x".into(), payload: vec![], retain: false });
+        h.bridge(BridgeMsg::Link { up: true });
+        req(&mut h, ClientMsg::Publish { req: 8, topic: "cmd/x".into(), payload: vec![1], retain: true });
+        req(&mut h, ClientMsg::Ping { nonce: 42 });
+        let codes: Vec<(u16, u32)> = drain(&ob)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Error { code, req, .. } => Some((code, req)),
+                ServerMsg::Ack { req } => Some((200, req)),
+                ServerMsg::Pong { nonce } => Some((0, nonce)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            vec![(409, 1), (400, 2), (400, 2), (413, 2), (404, 9), (400, 5), (403, 6), (503, 7), (200, 8), (0, 42)]
+        );
+        assert_eq!(publishes.try_recv().unwrap(), Publish { topic: "cmd/x".into(), payload: vec![1], retain: true });
+    }
+}
