@@ -251,7 +251,7 @@ impl Session {
 
     /// Maps a WebSocket error to how the connection ends.
     fn failed(&self, e: WsError) -> End {
-        use async_tungstenite::tungstenite::error::CapacityError;
+        use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 debug!("{}: message of {size} bytes over the {max_size} limit", self.peer);
@@ -259,6 +259,7 @@ impl Session {
                 End::Close(1009, "message too big")
             }
             WsError::Capacity(_) => End::Close(1009, "message too big"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
             WsError::Protocol(p) => {
                 debug!("{}: WebSocket protocol error: {p}", self.peer);
                 Metrics::inc(&self.metrics.protocol_closes);

@@ -1,0 +1,437 @@
+//! Shared test fixtures: a real mosquitto on a free loopback port, the server
+//! in-process on 127.0.0.1:0, an MQTT publisher, and a raw WebSocket peer for
+//! bad input. Every wait has a deadline; deadlines scale with
+//! `EDGEPUSH_TEST_TIME_SCALE` (set by the QEMU runner).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgepush::client::{Client, ClientError};
+use edgepush::config::Config;
+use edgepush::protocol::ServerMsg;
+use edgepush::server::{self, Running};
+
+/// How much slower than native this run is (QEMU sets it above 1).
+pub fn time_scale() -> f64 {
+    std::env::var("EDGEPUSH_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+}
+
+/// A deadline or allowance, scaled for emulation.
+pub fn scaled(ms: u64) -> Duration {
+    Duration::from_millis((ms as f64 * time_scale()) as u64)
+}
+
+/// Runs a future to completion or panics after `limit` (scaled).
+pub fn block_on_timeout<T>(limit_ms: u64, what: &str, f: impl Future<Output = T>) -> T {
+    let limit = scaled(limit_ms);
+    smol::block_on(async {
+        smol::future::or(async { Some(f.await) }, async {
+            smol::Timer::after(limit).await;
+            None
+        })
+        .await
+    })
+    .unwrap_or_else(|| panic!("timed out after {limit:?}: {what}"))
+}
+
+/// Awaits `f` or fails after `limit_ms` (scaled).
+pub async fn timeout<T>(limit_ms: u64, what: &str, f: impl Future<Output = T>) -> T {
+    let limit = scaled(limit_ms);
+    smol::future::or(async { Some(f.await) }, async {
+        smol::Timer::after(limit).await;
+        None
+    })
+    .await
+    .unwrap_or_else(|| panic!("timed out after {limit:?}: {what}"))
+}
+
+/// Polls `cond` until true or the deadline (scaled).
+pub fn wait_until(limit_ms: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + scaled(limit_ms);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {:?}: {what}", scaled(limit_ms));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+static SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh scratch directory under the target dir.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mosquitto_path() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join("mosquitto")).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("mosquitto not found: these tests need a real broker; install the Debian package `mosquitto` (apt-get install mosquitto)")
+    })
+}
+
+/// A real mosquitto broker on a free loopback port.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let mut b = Broker { port: free_port(), dir: scratch_dir("mosquitto"), child: None };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
+        let child = Command::new(mosquitto_path())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(5000, "mosquitto to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+
+    /// Kills the broker (SIGKILL: no goodbye to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An MQTT publisher (rumqttc's blocking client) whose publishes are QoS 1.
+pub struct Publisher {
+    client: rumqttc::Client,
+    acked: Arc<AtomicU64>,
+    sent: u64,
+}
+
+impl Publisher {
+    pub fn connect(port: u16) -> Publisher {
+        static ID: AtomicU64 = AtomicU64::new(0);
+        let id = format!("test-pub-{}-{}", std::process::id(), ID.fetch_add(1, Ordering::Relaxed));
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut conn) = rumqttc::Client::new(opts, 1024);
+        let acked = Arc::new(AtomicU64::new(0));
+        let a = acked.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        Publisher { client, acked, sent: 0 }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_with(topic, payload, false);
+    }
+
+    pub fn publish_with(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.into()).unwrap();
+        self.sent += 1;
+    }
+
+    /// Waits until the broker acknowledged every publish.
+    pub fn flush(&self) {
+        let (acked, sent) = (self.acked.clone(), self.sent);
+        wait_until(10_000, "the broker to ack every publish", || acked.load(Ordering::Relaxed) >= sent);
+    }
+}
+
+/// The built-in defaults with a test broker port and the given TOML on top.
+pub fn config(broker_port: u16, extra: &str) -> Config {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{extra}\n",
+    );
+    let mut cfg = Config::from_toml(&text, "test", None).unwrap_or_else(|e| panic!("{e}"));
+    cfg.mqtt.port = broker_port;
+    cfg.mqtt.client_id = format!("edgepush-test-{}-{}", std::process::id(), free_port());
+    cfg.mqtt.reconnect_min_ms = 50;
+    cfg.mqtt.reconnect_max_ms = 200;
+    cfg
+}
+
+/// The server, in this process, on a free port.
+pub struct Server {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    pub fn start(cfg: &Config) -> Server {
+        let running = server::start(cfg, 2).expect("server starts");
+        let addr = running.local_addr();
+        Server { running: Some(running), addr }
+    }
+
+    /// Starts and waits until the broker link is up.
+    pub fn start_linked(cfg: &Config) -> Server {
+        let s = Server::start(cfg);
+        s.wait_broker(true);
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn wait_broker(&self, up: bool) {
+        let m = self.running.as_ref().unwrap().metrics().clone();
+        wait_until(10_000, "the broker link", || m.broker_up.load(Ordering::Relaxed) == up);
+    }
+
+    pub fn metrics(&self) -> &edgepush::metrics::Metrics {
+        self.running.as_ref().unwrap().metrics()
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One HTTP exchange: sends `request` verbatim, returns the status and the whole answer.
+pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(scaled(5000))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+}
+
+/// A WebSocket upgrade request for /ws.
+pub fn upgrade_request(addr: SocketAddr, extra_headers: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+}
+
+/// Next message from the client, failing the test on a deadline.
+pub async fn next(c: &mut Client) -> ServerMsg {
+    timeout(5000, "a server message", c.next()).await.unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// Messages until one matches `pred` (returned last).
+pub async fn until(c: &mut Client, limit_ms: u64, mut pred: impl FnMut(&ServerMsg) -> bool) -> Vec<ServerMsg> {
+    timeout(limit_ms, "an expected message", async {
+        let mut seen = Vec::new();
+        loop {
+            let m = c.next().await.unwrap_or_else(|e| panic!("client: {e}; seen {seen:?}"));
+            let hit = pred(&m);
+            seen.push(m);
+            if hit {
+                return seen;
+            }
+        }
+    })
+    .await
+}
+
+/// Connects and subscribes, returning the client after its Synced.
+pub async fn subscribed(url: &str, filters: &[&str]) -> (Client, Vec<ServerMsg>) {
+    let mut c = timeout(5000, "connect", Client::connect(url)).await.expect("connect");
+    c.subscribe(1, filters, None).await.unwrap();
+    let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { .. })).await;
+    (c, got)
+}
+
+/// The close code the server sent, reading until the connection ends.
+pub async fn close_code(c: &mut Client) -> Option<u16> {
+    timeout(10_000, "the connection to close", async {
+        loop {
+            match c.next().await {
+                Ok(_) => continue,
+                Err(ClientError::Closed(frame)) => return frame.map(|(code, _)| code),
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+}
+
+/// A hand-driven WebSocket peer over a blocking socket, for input a proper
+/// client library refuses to send.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const OP_TEXT: u8 = 1;
+pub const OP_BINARY: u8 = 2;
+pub const OP_CONT: u8 = 0;
+pub const OP_CLOSE: u8 = 8;
+pub const OP_PING: u8 = 9;
+pub const OP_PONG: u8 = 10;
+
+impl RawWs {
+    /// Upgrades; panics unless the answer is 101.
+    pub fn connect(addr: SocketAddr) -> RawWs {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(scaled(10_000))).unwrap();
+        stream.write_all(upgrade_request(addr, "").as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.drain(..end);
+        RawWs { stream, buf }
+    }
+
+    /// Writes one frame; `masked` as a client must.
+    pub fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        let _ = self.stream.write_all(&encode_frame(fin, opcode, payload, masked));
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// The next frame (opcode, payload), or None at EOF / reset / timeout.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((op, payload, used)) = decode_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some((op, payload));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code (None: the socket
+    /// ended without one).
+    pub fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, payload)) = self.read_frame() {
+            if op == OP_CLOSE {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+}
+
+pub fn encode_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+fn decode_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let op = b[0] & 0x0f;
+    let (len, mut at) = match b[1] & 0x7f {
+        126 => (u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    if b[1] & 0x80 != 0 {
+        at += 4;
+    }
+    let payload = b.get(at..at + len)?.to_vec();
+    Some((op, payload, at + len))
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
