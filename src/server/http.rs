@@ -234,12 +234,35 @@ pub fn error_response(status: u16, reason: &str, extra: &[(&str, &str)]) -> Vec<
     response(status, "text/plain; charset=utf-8", extra, format!("{reason}\n").as_bytes())
 }
 
-/// Writes a response and half-closes, ignoring a peer that already left.
+/// How long a refused peer's further bytes are read and discarded after the
+/// answer, so closing does not reset the connection before the peer reads it.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+/// The most bytes discarded while lingering.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Writes a response and closes gracefully: half-close, then discard what the
+/// peer still sends for a moment (a close with unread input would send a reset
+/// that can destroy the answer in flight).
 pub async fn send(stream: &mut Async<TcpStream>, bytes: &[u8]) {
-    if stream.write_all(bytes).await.is_ok() {
-        let _ = stream.flush().await;
-        let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    if stream.write_all(bytes).await.is_err() {
+        return;
     }
+    let _ = stream.flush().await;
+    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut sink = [0u8; 1024];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    smol::future::or(drain, async {
+        smol::Timer::after(LINGER).await;
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,186 @@
+//! Admission and HTTP: caps and their statuses, the handshake timeout, the
+//! header limit, bad requests, the subprotocol, /healthz and /metrics.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgepush::client::{Client, ClientError, ConnectOptions};
+
+fn refused(url: &str, opts: &ConnectOptions) -> u16 {
+    match block_on_timeout(5000, "connect", Client::connect_with(url, opts)) {
+        Err(ClientError::Refused { status, .. }) => status,
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a connection"),
+    }
+}
+
+#[test]
+fn per_address_cap_answers_429_and_frees_the_slot_on_close() {
+    let broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 10\nmax-connections-per-ip = 2"));
+    let url = server.url();
+    let a = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
+    let _b = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
+    assert_eq!(refused(&url, &ConnectOptions::default()), 429);
+    // Other paths are not counted against the caps.
+    assert_eq!(get(server.addr, "/healthz").0, 200);
+    block_on_timeout(5000, "close", a.close());
+    let m = server.metrics();
+    wait_until(5000, "the slot to free", || m.connections.load(std::sync::atomic::Ordering::Relaxed) == 1);
+    let _c = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
+    let metrics = get(server.addr, "/metrics").1;
+    assert!(metrics.contains("edgepush_refused_total{reason=\"per_address\"} 1"), "{metrics}");
+    assert!(metrics.contains("\nedgepush_connections 2\n"), "{metrics}");
+    assert!(metrics.contains("\nedgepush_connections_accepted_total 3\n"), "{metrics}");
+}
+
+#[test]
+fn global_cap_answers_503_with_retry_after_and_is_checked_first() {
+    let broker = Broker::start();
+    // Both caps are reached by the second connection: the global one answers.
+    let server = Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 2\nmax-connections-per-ip = 2"));
+    let url = server.url();
+    let _a = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
+    let _b = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
+    let (status, text) = http(server.addr, &upgrade_request(server.addr, ""));
+    assert_eq!(status, 503, "{text}");
+    let retry: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Retry-After");
+    assert!(retry >= 1);
+    assert_eq!(refused(&url, &ConnectOptions::default()), 503);
+    // At the cap, healthz still answers 200.
+    assert_eq!(get(server.addr, "/healthz").0, 200);
+    let metrics = get(server.addr, "/metrics").1;
+    assert!(metrics.contains("edgepush_refused_total{reason=\"capacity\"} 2"), "{metrics}");
+    assert!(metrics.contains("\nedgepush_connections_max 2\n"), "{metrics}");
+}
+
+#[test]
+fn slow_heads_get_408_or_are_dropped_and_big_heads_get_431() {
+    let broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, "[limits]\nhandshake-timeout-ms = 300\nmax-header-bytes = 1024"));
+    // A request line, then nothing: 408 after the timeout.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(scaled(5000))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(290) && took < scaled(3000), "{took:?}");
+    // Connected and silent: dropped without an answer.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(scaled(5000))).unwrap();
+    let mut out = Vec::new();
+    let n = s.read_to_end(&mut out).unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&out));
+    // Slowloris: the request line, then headers trickled a byte at a time:
+    // still cut at the timeout, with 408 since a request line arrived.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let req = upgrade_request(server.addr, "");
+    let (line, rest) = req.split_at(req.find('\n').unwrap() + 1);
+    s.write_all(line.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    for b in rest.as_bytes() {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(n) = s.read(&mut buf) {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+        if started.elapsed() > scaled(5000) {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Past max-header-bytes: 431.
+    let big = upgrade_request(server.addr, &format!("X-Filler: {}\r\n", "a".repeat(2000)));
+    assert_eq!(http(server.addr, &big).0, 431);
+    let metrics = get(server.addr, "/metrics").1;
+    assert!(metrics.contains("edgepush_refused_total{reason=\"timeout\"} 3"), "{metrics}");
+    assert!(metrics.contains("edgepush_refused_total{reason=\"header_too_large\"} 1"), "{metrics}");
+}
+
+#[test]
+fn bad_requests_get_their_statuses() {
+    let broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, ""));
+    let addr = server.addr;
+    let ws = upgrade_request(addr, "");
+    assert_eq!(get(addr, "/nope").0, 404);
+    assert_eq!(http(addr, "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").0, 405);
+    assert_eq!(http(addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").0, 400, "no upgrade");
+    let (status, text) = http(addr, &ws.replace("Version: 13", "Version: 8"));
+    assert_eq!(status, 426);
+    assert!(text.contains("Sec-WebSocket-Version: 13\r\n"), "{text}");
+    assert_eq!(http(addr, "\x16\x03\x01\x02\x00\x01\x00\r\n\r\n").0, 400, "TLS hello on a plain port");
+    assert_eq!(http(addr, &ws.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")).0, 400);
+    // Offering edgepush.v1 among others: echoed.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(scaled(5000))).unwrap();
+    s.write_all(ws.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: mqtt, edgepush.v1\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Protocol: edgepush.v1\r\n"), "{head}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
+    // Without any subprotocol: accepted too.
+    let plain = ConnectOptions { subprotocol: false, headers: vec![] };
+    block_on_timeout(5000, "connect", Client::connect_with(&server.url(), &plain)).unwrap();
+    // The page.
+    let (status, page) = get(addr, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("text/html") && page.contains("edgepush"));
+}
+
+#[test]
+fn healthz_follows_the_broker_link_and_metrics_are_prometheus_text() {
+    let mut broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, ""));
+    let (status, body) = get(server.addr, "/healthz");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\"") && body.contains("application/json"), "{body}");
+    broker.stop();
+    server.wait_broker(false);
+    let (status, body) = get(server.addr, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"broker_up\":false"));
+    broker.restart();
+    server.wait_broker(true);
+    assert_eq!(get(server.addr, "/healthz").0, 200);
+    let (status, text) = get(server.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(text.contains("text/plain; version=0.0.4"));
+    for family in [
+        "connections",
+        "connections_max",
+        "connections_accepted_total",
+        "refused_total",
+        "messages_sent_total",
+        "bytes_sent_total",
+        "events_in_total",
+        "lagged_total",
+        "evicted_total",
+        "heartbeat_timeouts_total",
+        "broker_up",
+        "broker_reconnects_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE edgepush_{family} ")), "{family} missing");
+    }
+    assert!(text.contains("\nedgepush_broker_reconnects_total 1\n"), "{text}");
+    assert!(text.contains("\nedgepush_broker_up 1\n"));
+}

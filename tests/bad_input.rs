@@ -1,0 +1,121 @@
+//! Bad input from a client closes that client with the code PROTOCOL.md names;
+//! a well-behaved client on the same server keeps receiving every event.
+
+mod common;
+
+use common::*;
+use edgepush::protocol::{ClientMsg, ServerMsg};
+
+/// (case, frames to send, expected close code)
+fn cases(max: usize) -> Vec<(&'static str, Vec<Vec<u8>>, Option<u16>)> {
+    let bin = |p: &[u8]| encode_frame(true, OP_BINARY, p, true);
+    let ping = ClientMsg::Ping { nonce: 1 }.encode();
+    let mut two = ping.clone();
+    two.extend_from_slice(&ping);
+    let mut trailing = ping.clone();
+    trailing.push(0);
+    vec![
+        ("text message", vec![encode_frame(true, OP_TEXT, b"hello", true)], Some(1003)),
+        ("oversize text message", vec![encode_frame(true, OP_TEXT, &vec![b'a'; max + 1], true)], Some(1009)),
+        ("oversize binary message", vec![bin(&vec![0; max + 1])], Some(1009)),
+        (
+            "fragments adding up past the limit",
+            vec![
+                encode_frame(false, OP_BINARY, &vec![0; max / 2 + 1], true),
+                encode_frame(true, OP_CONT, &vec![0; max / 2 + 1], true),
+            ],
+            Some(1009),
+        ),
+        (
+            "a declared frame length of 2^40 with no payload",
+            vec![{
+                let mut f = vec![0x82, 0x80 | 127];
+                f.extend_from_slice(&(1u64 << 40).to_be_bytes());
+                f.extend_from_slice(&[1, 2, 3, 4]);
+                f
+            }],
+            Some(1009),
+        ),
+        ("empty binary message", vec![bin(&[])], Some(1007)),
+        ("garbage", vec![bin(&[0xff, 0xff, 0xff])], Some(1007)),
+        ("two messages in one", vec![bin(&two)], Some(1007)),
+        ("trailing bytes", vec![bin(&trailing)], Some(1007)),
+        ("filter count 2^32-1 in a small message", vec![bin(&[0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f])], Some(1007)),
+        ("string length 2^32-1", vec![bin(&[2, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a'])], Some(1007)),
+        ("invalid UTF-8 in a filter", vec![bin(&[0, 0, 1, 2, 0xc3, 0x28, 0])], Some(1007)),
+        ("varint overflow", vec![bin(&[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])], Some(1007)),
+        ("unmasked frame", vec![encode_frame(true, OP_BINARY, &ping, false)], Some(1002)),
+        ("ping with a 126-byte payload", vec![encode_frame(true, OP_PING, &[0; 126], true)], Some(1002)),
+        ("RSV1 set", vec![{
+            let mut f = bin(&ping);
+            f[0] |= 0x40;
+            f
+        }], Some(1002)),
+        ("unknown opcode 3", vec![encode_frame(true, 3, &ping, true)], Some(1002)),
+        ("fragmented control frame", vec![encode_frame(false, OP_PING, b"x", true)], Some(1002)),
+        ("continuation without a start", vec![encode_frame(true, OP_CONT, &ping, true)], Some(1002)),
+    ]
+}
+
+#[test]
+fn each_violation_gets_its_close_code_and_others_keep_receiving() {
+    let broker = Broker::start();
+    let max = 4096;
+    let server = Server::start_linked(&config(broker.port, ""));
+    let mut publisher = Publisher::connect(broker.port);
+    let (mut watcher, _) = block_on_timeout(5000, "watcher", subscribed(&server.url(), &["#"]));
+    let mut published = 0u64;
+    for (name, frames, want) in cases(max) {
+        let mut raw = RawWs::connect(server.addr);
+        for f in &frames {
+            raw.write_raw(f);
+        }
+        let got = raw.close_code();
+        assert_eq!(got, want, "{name}");
+        publisher.publish("t", format!("{published}"));
+        published += 1;
+    }
+    // The watcher saw every event, in order.
+    block_on_timeout(10_000, "watcher events", async {
+        let mut seqs = Vec::new();
+        while seqs.len() < published as usize {
+            match next(&mut watcher).await {
+                ServerMsg::Event { seq, .. } => seqs.push(seq),
+                ServerMsg::Topic { .. } | ServerMsg::Heartbeat { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seqs, (1..=published).collect::<Vec<_>>());
+    });
+    let m = server.metrics();
+    assert!(m.protocol_closes.load(std::sync::atomic::Ordering::Relaxed) >= 18);
+}
+
+#[test]
+fn a_message_of_exactly_the_limit_is_accepted() {
+    let broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, "[limits]\nmax-message-bytes = 4096"));
+    let mut raw = RawWs::connect(server.addr);
+    let _hello = raw.read_frame().unwrap();
+    // Publish{req 1, topic "a", payload N, retain false}: 1+1+2+2+N+1 bytes.
+    let msg = ClientMsg::Publish { req: 1, topic: "a".into(), payload: vec![7; 4089], retain: false }.encode();
+    assert_eq!(msg.len(), 4096);
+    raw.frame(true, OP_BINARY, &msg, true);
+    let (op, body) = raw.read_frame().unwrap();
+    assert_eq!(op, OP_BINARY);
+    // No publish permission by default: a 403 answer, and the connection stays.
+    let answer = ServerMsg::decode_all(&body).unwrap();
+    assert!(matches!(answer[0], ServerMsg::Error { code: 403, req: 1, .. }), "{answer:?}");
+    raw.frame(true, OP_BINARY, &ClientMsg::Ping { nonce: 5 }.encode(), true);
+    let (_, body) = raw.read_frame().unwrap();
+    assert_eq!(ServerMsg::decode_all(&body).unwrap(), vec![ServerMsg::Pong { nonce: 5 }]);
+    // A fragmented message within the limit is one message.
+    let ping = ClientMsg::Ping { nonce: 6 }.encode();
+    raw.frame(false, OP_BINARY, &ping[..1], true);
+    raw.frame(true, OP_CONT, &ping[1..], true);
+    let (_, body) = raw.read_frame().unwrap();
+    assert_eq!(ServerMsg::decode_all(&body).unwrap(), vec![ServerMsg::Pong { nonce: 6 }]);
+    // Closing normally: the server answers the close.
+    raw.frame(true, OP_CLOSE, &1000u16.to_be_bytes(), true);
+    assert_eq!(raw.close_code(), Some(1000));
+}
