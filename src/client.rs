@@ -127,6 +127,16 @@ impl Client {
         let addrs = smol::net::resolve(host_port.as_str()).await.map_err(ClientError::Io)?;
         let addr = addrs.first().ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
         let stream = Async::<TcpStream>::connect(*addr).await.map_err(ClientError::Io)?;
+        Client::handshake(url, stream, opts).await
+    }
+
+    /// Runs the handshake over a socket the caller connected (to set its
+    /// buffer sizes, say).
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn handshake(url: &str, stream: Async<TcpStream>, opts: &ConnectOptions) -> Result<Client, ClientError> {
+        authority(url)?;
         let _ = stream.get_ref().set_nodelay(true);
         let mut req = url.into_client_request()?;
         if opts.subprotocol {
@@ -231,9 +241,9 @@ impl Client {
                     self.pending.extend(msgs);
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(ClientError::Closed(frame.map(|CloseFrame { code, reason }| {
-                        (u16::from(code), reason.to_string())
-                    })));
+                    return Err(ClientError::Closed(
+                        frame.map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string())),
+                    ));
                 }
                 Some(Ok(Message::Text(_))) => return Err(ClientError::Protocol("text message".into())),
                 Some(Ok(_)) => {}

@@ -212,16 +212,13 @@ impl Hub {
             Closed,
         }
         loop {
-            let woke = smol::future::race(
-                async { cmds.recv().await.map_or(Wake::Closed, Wake::Cmd) },
-                async {
-                    match bridge.recv().await {
-                        Ok(m) => Wake::Bridge(m),
-                        // The bridge is gone: keep serving sessions.
-                        Err(_) => std::future::pending().await,
-                    }
-                },
-            )
+            let woke = smol::future::race(async { cmds.recv().await.map_or(Wake::Closed, Wake::Cmd) }, async {
+                match bridge.recv().await {
+                    Ok(m) => Wake::Bridge(m),
+                    // The bridge is gone: keep serving sessions.
+                    Err(_) => std::future::pending().await,
+                }
+            })
             .await;
             match woke {
                 Wake::Closed => return,
@@ -365,11 +362,8 @@ impl Hub {
                 continue;
             }
             let declared = c.is_declared(id);
-            let queued = if declared {
-                c.outbox.push_live(&[&event])
-            } else {
-                c.outbox.push_live(&[&topic.decl, &event])
-            };
+            let queued =
+                if declared { c.outbox.push_live(&[&event]) } else { c.outbox.push_live(&[&topic.decl, &event]) };
             if queued {
                 if !declared {
                     c.declare(id);
@@ -442,33 +436,32 @@ impl Hub {
             }
         }
     }
-
 }
 
 /// The checks of PROTOCOL.md "Errors" for a Subscribe, in their order.
 fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<(), Bytes> {
-        if c.subs.contains_key(&id) {
-            return Err(error(409, id, format!("subscription {id} is already live")));
-        }
-        if filters.is_empty() {
-            return Err(error(400, id, "empty filter list"));
-        }
-        for f in filters {
-            if let Err(e) = topic::validate_filter(f) {
-                let shown: String = f.chars().take(64).collect();
-                return Err(error(400, id, format!("bad filter {shown:?}: {e}")));
-            }
-        }
-        for f in filters {
-            if !c.perms.subscribe.iter().any(|p| topic::covers(p, f)) {
-                return Err(error(403, id, format!("not permitted to subscribe to {f:?}")));
-            }
-        }
-        if c.filters + filters.len() > max {
-            return Err(error(413, id, format!("a connection may hold at most {max} filters")));
-        }
-        Ok(())
+    if c.subs.contains_key(&id) {
+        return Err(error(409, id, format!("subscription {id} is already live")));
     }
+    if filters.is_empty() {
+        return Err(error(400, id, "empty filter list"));
+    }
+    for f in filters {
+        if let Err(e) = topic::validate_filter(f) {
+            let shown: String = f.chars().take(64).collect();
+            return Err(error(400, id, format!("bad filter {shown:?}: {e}")));
+        }
+    }
+    for f in filters {
+        if !c.perms.subscribe.iter().any(|p| topic::covers(p, f)) {
+            return Err(error(403, id, format!("not permitted to subscribe to {f:?}")));
+        }
+    }
+    if c.filters + filters.len() > max {
+        return Err(error(413, id, format!("a connection may hold at most {max} filters")));
+    }
+    Ok(())
+}
 
 impl Hub {
     /// Whether a resume can be answered by replay (PROTOCOL.md "Sync").
@@ -589,18 +582,35 @@ mod tests {
         }
         let epoch = h.epoch();
         // The ring holds seqs 3..=6: resuming after 2 replays 3..=6.
-        req(&mut h, ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 2 }) });
+        req(
+            &mut h,
+            ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 2 }) },
+        );
         let got = drain(&ob);
-        let seqs: Vec<u64> = got.iter().filter_map(|m| if let ServerMsg::Event { seq, .. } = m { Some(*seq) } else { None }).collect();
+        let seqs: Vec<u64> =
+            got.iter().filter_map(|m| if let ServerMsg::Event { seq, .. } = m { Some(*seq) } else { None }).collect();
         assert_eq!(seqs, vec![3, 4, 5, 6]);
         assert_eq!(got.last(), Some(&ServerMsg::Synced { id: 1, seq: 6, mode: SyncMode::Replay }));
         // Resuming after 1 needs seq 2, which is gone: snapshot.
-        req(&mut h, ClientMsg::Subscribe { id: 2, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 1 }) });
+        req(
+            &mut h,
+            ClientMsg::Subscribe { id: 2, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 1 }) },
+        );
         assert_eq!(drain(&ob).last(), Some(&ServerMsg::Synced { id: 2, seq: 6, mode: SyncMode::Snapshot }));
         // Another epoch, or a seq from the future: snapshot.
-        req(&mut h, ClientMsg::Subscribe { id: 3, filters: vec!["#".into()], resume: Some(Resume { epoch: epoch + 1, last_seq: 5 }) });
+        req(
+            &mut h,
+            ClientMsg::Subscribe {
+                id: 3,
+                filters: vec!["#".into()],
+                resume: Some(Resume { epoch: epoch + 1, last_seq: 5 }),
+            },
+        );
         assert_eq!(drain(&ob).last(), Some(&ServerMsg::Synced { id: 3, seq: 6, mode: SyncMode::Snapshot }));
-        req(&mut h, ClientMsg::Subscribe { id: 4, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 7 }) });
+        req(
+            &mut h,
+            ClientMsg::Subscribe { id: 4, filters: vec!["#".into()], resume: Some(Resume { epoch, last_seq: 7 }) },
+        );
         assert_eq!(drain(&ob).last(), Some(&ServerMsg::Synced { id: 4, seq: 6, mode: SyncMode::Snapshot }));
     }
 
@@ -643,7 +653,11 @@ mod tests {
     fn request_errors_in_protocol_order() {
         let (mut h, ob, publishes) = hub(16);
         drain(&ob);
-        let sub = |id, f: &[&str]| ClientMsg::Subscribe { id, filters: f.iter().map(|s| s.to_string()).collect(), resume: None };
+        let sub = |id, f: &[&str]| ClientMsg::Subscribe {
+            id,
+            filters: f.iter().map(|s| s.to_string()).collect(),
+            resume: None,
+        };
         req(&mut h, sub(1, &["a"]));
         req(&mut h, sub(1, &["a/#/b"]));
         req(&mut h, sub(2, &[]));

@@ -106,10 +106,8 @@ async fn run(
         }
     });
 
-    let mut backoff = Backoff::new(
-        Duration::from_millis(cfg.reconnect_min_ms),
-        Duration::from_millis(cfg.reconnect_max_ms),
-    );
+    let mut backoff =
+        Backoff::new(Duration::from_millis(cfg.reconnect_min_ms), Duration::from_millis(cfg.reconnect_max_ms));
     let broker = format!("{}:{}", cfg.host, cfg.port);
     let mut up = false;
     let mut ever_up = false;
@@ -119,7 +117,13 @@ async fn run(
         let _ = stop.recv().await;
     };
     loop {
-        let Some(polled) = async { Some(events.poll().await) }.or(async { stopped().await; None }).await else {
+        let Some(polled) = async { Some(events.poll().await) }
+            .or(async {
+                stopped().await;
+                None
+            })
+            .await
+        else {
             debug!("mqtt: bridge stopping");
             let _ = client.try_disconnect();
             return;
@@ -181,7 +185,13 @@ async fn run(
                     tokio::time::sleep(delay).await;
                     true
                 };
-                if !slept.or(async { stopped().await; false }).await {
+                if !slept
+                    .or(async {
+                        stopped().await;
+                        false
+                    })
+                    .await
+                {
                     return;
                 }
                 continue;

@@ -119,6 +119,11 @@ impl Outbox {
         s.wake();
     }
 
+    /// The close code asked for, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        self.lock().close
+    }
+
     /// Room for live messages right now.
     pub fn has_room(&self) -> bool {
         self.lock().live < self.cap

@@ -16,23 +16,11 @@ pub const SUBPROTOCOL: &str = "edgepush.v1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
     /// Always the first message on a connection.
-    Hello {
-        version: u16,
-        server: String,
-        epoch: u64,
-        heartbeat_ms: u32,
-        max_filters: u16,
-        broker_up: bool,
-    },
+    Hello { version: u16, server: String, epoch: u64, heartbeat_ms: u32, max_filters: u16, broker_up: bool },
     /// Declares a topic id before its first Event on this connection.
     Topic { id: u32, name: String },
     /// One sensor event.
-    Event {
-        topic: u32,
-        seq: u64,
-        ts_ms: u64,
-        value: Value,
-    },
+    Event { topic: u32, seq: u64, ts_ms: u64, value: Value },
     /// Subscription `id` is live; everything it needed up to `seq` was sent.
     Synced { id: u32, seq: u64, mode: SyncMode },
     /// Publish `req` was accepted and queued to the broker.

@@ -316,12 +316,8 @@ mod tests {
             ix.insert(f, (i as u64, 0));
         }
         for t in topics {
-            let want: Vec<Holder> = filters
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| matches(f, t))
-                .map(|(i, _)| (i as u64, 0))
-                .collect();
+            let want: Vec<Holder> =
+                filters.iter().enumerate().filter(|(_, f)| matches(f, t)).map(|(i, _)| (i as u64, 0)).collect();
             assert_eq!(matched(&ix, t), want, "topic {t:?}");
         }
         for (i, f) in filters.iter().enumerate() {

@@ -249,10 +249,7 @@ mod tests {
         assert_eq!(parse(br#"{"a\u00e9\n":1}"#), fields(&[("a\u{e9}\n", 1.0)]));
         assert_eq!(parse(br#"{"\ud83d\ude00":1}"#), fields(&[("\u{1F600}", 1.0)]));
         // Large integers round as f64::from_str does.
-        assert_eq!(
-            parse(br#"{"ns":1700000000123456789}"#),
-            fields(&[("ns", 1_700_000_000_123_456_789f64)])
-        );
+        assert_eq!(parse(br#"{"ns":1700000000123456789}"#), fields(&[("ns", 1_700_000_000_123_456_789f64)]));
     }
 
     #[test]

@@ -21,7 +21,8 @@ fn refused(url: &str, opts: &ConnectOptions) -> u16 {
 #[test]
 fn per_address_cap_answers_429_and_frees_the_slot_on_close() {
     let broker = Broker::start();
-    let server = Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 10\nmax-connections-per-ip = 2"));
+    let server =
+        Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 10\nmax-connections-per-ip = 2"));
     let url = server.url();
     let a = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
     let _b = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
@@ -42,7 +43,8 @@ fn per_address_cap_answers_429_and_frees_the_slot_on_close() {
 fn global_cap_answers_503_with_retry_after_and_is_checked_first() {
     let broker = Broker::start();
     // Both caps are reached by the second connection: the global one answers.
-    let server = Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 2\nmax-connections-per-ip = 2"));
+    let server =
+        Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 2\nmax-connections-per-ip = 2"));
     let url = server.url();
     let _a = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
     let _b = block_on_timeout(5000, "connect", Client::connect(&url)).unwrap();
@@ -65,7 +67,8 @@ fn global_cap_answers_503_with_retry_after_and_is_checked_first() {
 #[test]
 fn slow_heads_get_408_or_are_dropped_and_big_heads_get_431() {
     let broker = Broker::start();
-    let server = Server::start_linked(&config(broker.port, "[limits]\nhandshake-timeout-ms = 300\nmax-header-bytes = 1024"));
+    let server =
+        Server::start_linked(&config(broker.port, "[limits]\nhandshake-timeout-ms = 300\nmax-header-bytes = 1024"));
     // A request line, then nothing: 408 after the timeout.
     let started = Instant::now();
     let mut s = TcpStream::connect(server.addr).unwrap();

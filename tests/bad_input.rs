@@ -6,8 +6,10 @@ mod common;
 use common::*;
 use edgepush::protocol::{ClientMsg, ServerMsg};
 
-/// (case, frames to send, expected close code)
-fn cases(max: usize) -> Vec<(&'static str, Vec<Vec<u8>>, Option<u16>)> {
+/// A case: its name, the frames to send, the close code expected.
+type Case = (&'static str, Vec<Vec<u8>>, Option<u16>);
+
+fn cases(max: usize) -> Vec<Case> {
     let bin = |p: &[u8]| encode_frame(true, OP_BINARY, p, true);
     let ping = ClientMsg::Ping { nonce: 1 }.encode();
     let mut two = ping.clone();
@@ -46,11 +48,15 @@ fn cases(max: usize) -> Vec<(&'static str, Vec<Vec<u8>>, Option<u16>)> {
         ("varint overflow", vec![bin(&[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])], Some(1007)),
         ("unmasked frame", vec![encode_frame(true, OP_BINARY, &ping, false)], Some(1002)),
         ("ping with a 126-byte payload", vec![encode_frame(true, OP_PING, &[0; 126], true)], Some(1002)),
-        ("RSV1 set", vec![{
-            let mut f = bin(&ping);
-            f[0] |= 0x40;
-            f
-        }], Some(1002)),
+        (
+            "RSV1 set",
+            vec![{
+                let mut f = bin(&ping);
+                f[0] |= 0x40;
+                f
+            }],
+            Some(1002),
+        ),
         ("unknown opcode 3", vec![encode_frame(true, 3, &ping, true)], Some(1002)),
         ("fragmented control frame", vec![encode_frame(false, OP_PING, b"x", true)], Some(1002)),
         ("continuation without a start", vec![encode_frame(true, OP_CONT, &ping, true)], Some(1002)),

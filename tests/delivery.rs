@@ -236,7 +236,10 @@ fn live_events_racing_a_subscribe_are_neither_lost_nor_doubled() {
 #[test]
 fn client_publish_reaches_the_broker_within_permissions() {
     let broker = Broker::start();
-    let cfg = config(broker.port, "[auth]\nmode = \"none\"\nsubscribe = [\"sensors/#\", \"cmd/#\"]\npublish = [\"cmd/+/set\"]");
+    let cfg = config(
+        broker.port,
+        "[auth]\nmode = \"none\"\nsubscribe = [\"sensors/#\", \"cmd/#\"]\npublish = [\"cmd/+/set\"]",
+    );
     let server = Server::start_linked(&cfg);
     block_on_timeout(20_000, "publish", async {
         let (mut c, _) = subscribed(&server.url(), &["cmd/#"]).await;

@@ -112,9 +112,7 @@ pub struct Reject {
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
-    std::str::from_utf8(value)
-        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
+    std::str::from_utf8(value).map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
 }
 
 /// The head's headers, parsed.
@@ -129,10 +127,10 @@ impl<'a> Head<'a> {
         let mut storage = vec![httparse::EMPTY_HEADER; 64];
         loop {
             let mut req = httparse::Request::new(&mut storage);
-            match req.parse(head) {
+            let parsed = req.parse(head);
+            let n = req.headers.len();
+            match parsed {
                 Ok(httparse::Status::Complete(_)) => {
-                    let n = req.headers.len();
-                    drop(req);
                     storage.truncate(n);
                     return Ok(Head { headers: storage });
                 }

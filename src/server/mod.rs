@@ -179,13 +179,11 @@ pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
     for i in 0..n {
         let ex = ex.clone();
         let stop = stop_executor_rx.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("edgepush-{i}"))
-                .spawn(move || smol::block_on(ex.run(async move {
-                    let _ = stop.recv().await;
-                })))?,
-        );
+        handles.push(std::thread::Builder::new().name(format!("edgepush-{i}")).spawn(move || {
+            smol::block_on(ex.run(async move {
+                let _ = stop.recv().await;
+            }))
+        })?);
     }
     info!("listening on {addr}");
     Ok(Running {
@@ -254,16 +252,22 @@ async fn connection(mut stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<
         Ok(done) => done,
         Err(failure) => {
             let (why, answer) = match failure {
-                None if line_seen.load(Relaxed) => (Refusal::Timeout, Some(http::error_response(408, "request head too slow", &[]))),
+                None if line_seen.load(Relaxed) => {
+                    (Refusal::Timeout, Some(http::error_response(408, "request head too slow", &[])))
+                }
                 None => (Refusal::Timeout, None),
                 Some(HeadError::TooLarge) => {
                     (Refusal::HeaderTooLarge, Some(http::error_response(431, "request head too large", &[])))
                 }
-                Some(HeadError::Malformed) => (Refusal::BadRequest, Some(http::error_response(400, "malformed request", &[]))),
+                Some(HeadError::Malformed) => {
+                    (Refusal::BadRequest, Some(http::error_response(400, "malformed request", &[])))
+                }
                 Some(HeadError::Refused(r @ (Refusal::Capacity | Refusal::ShuttingDown))) => {
                     (r, Some(http::error_response(503, "server full", &[("Retry-After", "5")])))
                 }
-                Some(HeadError::Refused(r)) => (r, Some(http::error_response(429, "too many connections from your address", &[]))),
+                Some(HeadError::Refused(r)) => {
+                    (r, Some(http::error_response(429, "too many connections from your address", &[])))
+                }
                 Some(HeadError::Closed) => return,
             };
             m.refused(why);

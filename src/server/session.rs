@@ -153,6 +153,10 @@ impl Session {
                     continue;
                 }
             };
+            if let (true, Some(code)) = (writing, outbox.close_code()) {
+                // Shutting down while a write is stuck: give the close its grace.
+                return End::Close(code, "server shutting down");
+            }
             if let Some(since) = outbox.behind_since() {
                 let evict_at = since + cfg.slow_client_timeout;
                 if now >= evict_at {
@@ -165,6 +169,7 @@ impl Session {
             timer.set_at(wake_at);
 
             let reading = outbox.accepts_requests();
+            let behind = outbox.behind_since().is_some();
             let step = poll_fn(|cx| {
                 if reading {
                     if let Poll::Ready(m) = Pin::new(&mut *ws).poll_next(cx) {
@@ -179,6 +184,11 @@ impl Session {
                 if writing {
                     if let Poll::Ready(r) = Pin::new(&mut *ws).poll_flush(cx) {
                         return Poll::Ready(Step::Written(r));
+                    }
+                    // A stuck write must still notice falling behind or a close.
+                    outbox.register(cx);
+                    if outbox.behind_since().is_some() != behind || outbox.close_code().is_some() {
+                        return Poll::Ready(Step::Timer);
                     }
                 } else {
                     frame.clear();

@@ -78,7 +78,8 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 }
 
 fn mosquitto_path() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join("mosquitto")).find(|p| p.is_file()).unwrap_or_else(|| {
         panic!("mosquitto not found: these tests need a real broker; install the Debian package `mosquitto` (apt-get install mosquitto)")
@@ -94,18 +95,19 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let mut b = Broker { port: free_port(), dir: scratch_dir("mosquitto"), child: None };
+        Broker::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Broker {
+        let mut b = Broker { port, dir: scratch_dir("mosquitto"), child: None };
         b.spawn();
         b
     }
 
     fn spawn(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port),
-        )
-        .unwrap();
+        std::fs::write(&conf, format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port))
+            .unwrap();
         let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
         let child = Command::new(mosquitto_path())
             .arg("-c")
@@ -189,9 +191,7 @@ impl Publisher {
 
 /// The built-in defaults with a test broker port and the given TOML on top.
 pub fn config(broker_port: u16, extra: &str) -> Config {
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n{extra}\n",
-    );
+    let text = format!("listen = \"127.0.0.1:0\"\n{extra}\n",);
     let mut cfg = Config::from_toml(&text, "test", None).unwrap_or_else(|e| panic!("{e}"));
     cfg.mqtt.port = broker_port;
     cfg.mqtt.client_id = format!("edgepush-test-{}-{}", std::process::id(), free_port());
@@ -326,10 +326,34 @@ pub const OP_CLOSE: u8 = 8;
 pub const OP_PING: u8 = 9;
 pub const OP_PONG: u8 = 10;
 
+/// A blocking socket with a tiny receive buffer, so a peer that does not
+/// read fills the path within a few kilobytes.
+pub fn small_buffer_socket(addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
+/// A protocol client over a socket with a tiny receive buffer.
+pub async fn small_buffer_client(addr: SocketAddr) -> Client {
+    let stream = smol::Async::new(small_buffer_socket(addr)).unwrap();
+    let url = format!("ws://{addr}/ws");
+    Client::handshake(&url, stream, &Default::default()).await.unwrap()
+}
+
 impl RawWs {
     /// Upgrades; panics unless the answer is 101.
     pub fn connect(addr: SocketAddr) -> RawWs {
-        let mut stream = TcpStream::connect(addr).unwrap();
+        RawWs::upgrade(TcpStream::connect(addr).unwrap(), addr)
+    }
+
+    /// Upgrades over a socket with a tiny receive buffer.
+    pub fn connect_small_buffer(addr: SocketAddr) -> RawWs {
+        RawWs::upgrade(small_buffer_socket(addr), addr)
+    }
+
+    fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> RawWs {
         stream.set_read_timeout(Some(scaled(10_000))).unwrap();
         stream.write_all(upgrade_request(addr, "").as_bytes()).unwrap();
         let mut buf = Vec::new();

@@ -1,0 +1,187 @@
+//! The `edgepush` binary: SIGTERM closes every client with 1001 and exits 0
+//! within 2 s; config errors exit 78 naming every key; check-config redacts;
+//! `watch` prints events and reports refusals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgepush::client::Client;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edgepush"))
+}
+
+fn write_config(text: &str) -> std::path::PathBuf {
+    let path = scratch_dir("config").join("edgepush.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `edgepush run` and returns it with the address it listens on.
+fn run_server(config: &str) -> (Child, std::net::SocketAddr) {
+    let port = free_port();
+    let path = write_config(&format!("listen = \"127.0.0.1:{port}\"\n{config}"));
+    let child = bin().args(["run", "--config"]).arg(&path).stderr(Stdio::piped()).spawn().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until(10_000, "the server to listen", || std::net::TcpStream::connect(addr).is_ok());
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigterm_closes_every_client_with_1001_and_exits_0_within_2s() {
+    let broker = Broker::start();
+    let (mut child, addr) = run_server(&format!("[mqtt]\nport = {}\n", broker.port));
+    let url = format!("ws://{addr}/ws");
+    let mut clients: Vec<Client> = block_on_timeout(10_000, "clients", async {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(subscribed(&url, &["#"]).await.0);
+        }
+        v
+    });
+    let started = Instant::now();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    block_on_timeout(5000, "close frames", async {
+        for c in &mut clients {
+            assert_eq!(close_code(c).await, Some(1001));
+        }
+    });
+    let status = wait_exit(&mut child, scaled(2000)).expect("exited within 2 s");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < scaled(2000), "{:?}", started.elapsed());
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn sigint_also_exits_0() {
+    let (mut child, _) = run_server("[mqtt]\nport = 1\n");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = wait_exit(&mut child, scaled(2000)).expect("exited within 2 s");
+    assert!(status.success());
+}
+
+#[test]
+fn a_bad_config_exits_78_and_names_every_key() {
+    let path = write_config(
+        "listen = \"nowhere\"\n[limits]\nmax-connections = -1\nmax-conections = 5\n[mqtt]\npassword = \"hunter2\"\n",
+    );
+    for cmd in ["run", "check-config"] {
+        let out = bin().args([cmd, "--config"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for key in ["listen:", "limits.max-connections:", "limits.max-conections: unknown key", "mqtt.password:"] {
+            assert!(err.contains(key), "{cmd}: {key} missing in {err}");
+        }
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    let out = bin().args(["run", "--config", "/nonexistent/edgepush.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/edgepush.toml"));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let path = write_config("[mqtt]\nusername = \"gw\"\npassword = \"hunter2\"\n[limits]\nhistory = 10\n");
+    let out = bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("hunter2"));
+    assert!(text.contains("password = \"<redacted>\""), "{text}");
+    assert!(text.contains("history = 10") && text.contains("max-connections = 1024"), "{text}");
+    assert!(text.contains("board = \"generic\""));
+}
+
+#[test]
+fn help_version_and_usage_errors() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "check-config", "watch"] {
+        assert!(help.contains(cmd));
+    }
+    let out = bin().arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("edgepush {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(bin().arg("frobnicate").output().unwrap().status.code(), Some(64));
+    assert_eq!(bin().args(["run", "--bogus"]).output().unwrap().status.code(), Some(64));
+}
+
+#[test]
+fn watch_prints_one_line_per_event_and_notices() {
+    let broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, ""));
+    let mut p = Publisher::connect(broker.port);
+    p.publish("w/t", "21.5");
+    p.publish("w/env", r#"{"t":1,"h":2}"#);
+    p.flush();
+    let m = server.metrics();
+    wait_until(5000, "events in", || m.events_in.load(std::sync::atomic::Ordering::Relaxed) == 2);
+    let mut child =
+        bin().args(["watch", &server.url(), "w/#"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The snapshot first, then live events.
+    assert_eq!(lines.next().unwrap().unwrap(), "w/t 1 21.5");
+    assert_eq!(lines.next().unwrap().unwrap(), "w/env 2 t=1 h=2");
+    p.publish("w/door", "open");
+    assert_eq!(lines.next().unwrap().unwrap(), "w/door 3 \"open\"");
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert!(stderr.contains("# connected to edgepush") && stderr.contains("# synced at seq 2"), "{stderr}");
+}
+
+#[test]
+fn watch_exits_non_zero_with_the_http_status_when_refused() {
+    let broker = Broker::start();
+    let server =
+        Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 1\nmax-connections-per-ip = 1"));
+    let _held = block_on_timeout(5000, "connect", Client::connect(&server.url())).unwrap();
+    let out = bin().args(["watch", &server.url()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 503"), "{err}");
+    let out = bin().args(["watch", "http://nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn watch_shows_broker_notices() {
+    let mut broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, ""));
+    let mut child = bin().args(["watch", &server.url()]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = |want: &str| {
+        for l in lines.by_ref() {
+            if l.unwrap().contains(want) {
+                return;
+            }
+        }
+        panic!("{want} never printed");
+    };
+    seen("# synced");
+    broker.stop();
+    seen("# broker down");
+    broker.restart();
+    seen("# broker up");
+    let _ = child.kill();
+    let _ = child.wait();
+}
