@@ -1,5 +1,19 @@
 //! The wire types of `PROTOCOL.md` (version 1), and their postcard encoding.
 //!
+//! ```
+//! use edgepush::protocol::{ClientMsg, ServerMsg};
+//!
+//! // A client message is exactly one ClientMsg.
+//! let ping = ClientMsg::Ping { nonce: 7 }.encode();
+//! assert_eq!(ping, [3, 7]);
+//! assert_eq!(ClientMsg::decode(&ping), Ok(ClientMsg::Ping { nonce: 7 }));
+//!
+//! // A server message holds one or more ServerMsg values back to back.
+//! let mut body = ServerMsg::Pong { nonce: 7 }.encode();
+//! ServerMsg::Broker { up: true }.encode_into(&mut body);
+//! assert_eq!(ServerMsg::decode_all(&body).unwrap().len(), 2);
+//! ```
+//!
 //! No I/O here. The variant order of every enum is its wire discriminant: never
 //! reorder, only append in a new protocol version.
 

@@ -187,3 +187,35 @@ fn healthz_follows_the_broker_link_and_metrics_are_prometheus_text() {
     assert!(text.contains("\nedgepush_broker_reconnects_total 1\n"), "{text}");
     assert!(text.contains("\nedgepush_broker_up 1\n"));
 }
+
+#[test]
+fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
+    let broker = Broker::start();
+    // max-connections 1: at most max(1, 64) = 64 request heads pending at once.
+    let server = Server::start_linked(&config(
+        broker.port,
+        "[limits]\nmax-connections = 1\nmax-connections-per-ip = 1\nhandshake-timeout-ms = 10000",
+    ));
+    let silent: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
+    let m = server.metrics();
+    // Let the accept loop take all of them.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut extra = TcpStream::connect(server.addr).unwrap();
+    extra.set_read_timeout(Some(scaled(5000))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = extra.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() < scaled(2000), "closed at once, not at the timeout: {:?}", started.elapsed());
+    assert_eq!(m.refused_count(edgepush::metrics::Refusal::Timeout), 1);
+    drop(silent);
+    // Once they are gone, requests are served again.
+    wait_until(5000, "healthz again", || {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(scaled(2000))).unwrap();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    });
+}

@@ -266,3 +266,26 @@ fn client_publish_reaches_the_broker_within_permissions() {
         assert_eq!(errors, vec![(403, 2), (400, 3), (403, 2), (403, 3)]);
     });
 }
+
+#[test]
+fn queued_messages_are_packed_into_one_frame() {
+    let broker = Broker::start();
+    let server = Server::start_linked(&config(broker.port, ""));
+    let mut p = Publisher::connect(broker.port);
+    for t in ["p/a", "p/b", "p/c"] {
+        p.publish(t, "1");
+    }
+    p.flush();
+    let m = server.metrics();
+    wait_until(5000, "events in", || m.events_in.load(std::sync::atomic::Ordering::Relaxed) == 3);
+    let mut raw = RawWs::connect(server.addr);
+    let (_, hello) = raw.read_frame().unwrap();
+    assert!(matches!(ServerMsg::decode_all(&hello).unwrap()[0], ServerMsg::Hello { .. }));
+    let sub = ClientMsg::Subscribe { id: 1, filters: vec!["p/#".into()], resume: None };
+    raw.frame(true, OP_BINARY, &sub.encode(), true);
+    let (op, body) = raw.read_frame().unwrap();
+    assert_eq!(op, OP_BINARY);
+    let msgs = ServerMsg::decode_all(&body).unwrap();
+    assert_eq!(msgs.len(), 7, "3 Topic + 3 Event + Synced in one WebSocket message: {msgs:?}");
+    assert!(matches!(msgs[6], ServerMsg::Synced { id: 1, seq: 3, .. }));
+}

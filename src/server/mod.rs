@@ -7,7 +7,7 @@ pub mod session;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +51,10 @@ struct Shared {
     perms: Arc<Permissions>,
     shutting_down: AtomicBool,
     next_conn: AtomicU64,
+    /// Connections still reading their request head; capped so a flood of
+    /// silent sockets cannot pile up tasks for `handshake-timeout-ms` each.
+    handshaking: AtomicUsize,
+    max_handshaking: usize,
     handshake_timeout: Duration,
     max_header_bytes: usize,
 }
@@ -162,6 +166,8 @@ pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
         perms: Arc::new(Permissions { subscribe: cfg.auth.subscribe.clone(), publish: cfg.auth.publish.clone() }),
         shutting_down: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
+        handshaking: AtomicUsize::new(0),
+        max_handshaking: cfg.limits.max_connections.max(64),
         handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
         max_header_bytes: cfg.limits.max_header_bytes,
     });
@@ -216,6 +222,12 @@ async fn accept_loop(
         match accepted {
             None => return,
             Some(Ok((stream, peer))) => {
+                if shared.handshaking.load(Relaxed) >= shared.max_handshaking {
+                    // Too many heads in progress: closing now costs nothing.
+                    shared.metrics.refused(Refusal::Timeout);
+                    debug!("{peer}: dropped, {} request heads already pending", shared.max_handshaking);
+                    continue;
+                }
                 let _ = stream.get_ref().set_nodelay(true);
                 ex.spawn(connection(stream, peer, shared.clone())).detach();
             }
@@ -229,7 +241,43 @@ async fn accept_loop(
 }
 
 /// One accepted TCP connection, from its first byte to its end.
-async fn connection(mut stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
+    shared.handshaking.fetch_add(1, Relaxed);
+    let handshake = Handshaking(&shared.handshaking);
+    let Some((stream, head_rest, slot)) = handshake_phase(stream, peer, &shared).await else { return };
+    drop(handshake);
+    let ws =
+        WebSocketStream::from_partially_read(stream, head_rest, Role::Server, Some(shared.session.websocket())).await;
+    let session = Session {
+        conn: shared.next_conn.fetch_add(1, Relaxed),
+        peer,
+        cfg: shared.session.clone(),
+        hub: shared.hub.clone(),
+        perms: shared.perms.clone(),
+        metrics: shared.metrics.clone(),
+        slot,
+    };
+    debug!("{peer}: upgraded as connection {}", session.conn);
+    session.run(ws).await;
+}
+
+/// Counts a connection as handshaking until dropped.
+struct Handshaking<'a>(&'a AtomicUsize);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Reads and answers the request head. Returns the upgraded socket, the bytes
+/// after the head, and the admission slot; None when the request was answered
+/// (or dropped) here.
+async fn handshake_phase(
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Option<(Async<TcpStream>, Vec<u8>, admission::Slot)> {
     let line_seen = AtomicBool::new(false);
     let mut buf = Vec::with_capacity(512);
     let m = &shared.metrics;
@@ -268,14 +316,14 @@ async fn connection(mut stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<
                 Some(HeadError::Refused(r)) => {
                     (r, Some(http::error_response(429, "too many connections from your address", &[])))
                 }
-                Some(HeadError::Closed) => return,
+                Some(HeadError::Closed) => return None,
             };
             m.refused(why);
             debug!("{peer}: refused ({why:?})");
             if let Some(a) = answer {
                 http::send(&mut stream, &a).await;
             }
-            return;
+            return None;
         }
     };
     let head = &buf[..head_len];
@@ -303,29 +351,15 @@ async fn connection(mut stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<
                 m.refused(Refusal::BadRequest);
             }
             http::send(&mut stream, &bytes).await;
-            return;
+            return None;
         }
     };
-    let Some(slot) = slot else { return };
+    let slot = slot?;
     drop(parsed);
     use smol::io::AsyncWriteExt;
-    if stream.write_all(&http::switching_protocols(&upgrade)).await.is_err() {
-        return;
-    }
+    stream.write_all(&http::switching_protocols(&upgrade)).await.ok()?;
     let rest = buf.split_off(head_len);
-    drop(buf);
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(shared.session.websocket())).await;
-    let session = Session {
-        conn: shared.next_conn.fetch_add(1, Relaxed),
-        peer,
-        cfg: shared.session.clone(),
-        hub: shared.hub.clone(),
-        perms: shared.perms.clone(),
-        metrics: shared.metrics.clone(),
-        slot,
-    };
-    debug!("{peer}: upgraded as connection {}", session.conn);
-    session.run(ws).await;
+    Some((stream, rest, slot))
 }
 
 fn healthz(shared: &Shared) -> Vec<u8> {
