@@ -340,7 +340,7 @@ async fn handshake_phase(
             Err(Reject { status, reason }) => Err(reply(status, reason)),
         },
         (_, _, "/") => Err(http::response(200, "text/html; charset=utf-8", &[], INDEX_HTML.as_bytes())),
-        (_, _, "/healthz") => Err(healthz(&shared)),
+        (_, _, "/healthz") => Err(healthz(shared)),
         (_, _, "/metrics") => Err(http::response(200, "text/plain; version=0.0.4", &[], m.render().as_bytes())),
         _ => Err(reply(404, "not found")),
     };
