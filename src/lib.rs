@@ -21,6 +21,8 @@
 
 pub mod client;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod heartbeat;
 pub mod hub;
 pub mod metrics;

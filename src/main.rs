@@ -20,6 +20,7 @@ USAGE:
     edgepush run [--config FILE] [--board NAME]
     edgepush check-config [--config FILE] [--board NAME]
     edgepush watch URL [FILTER...]
+    edgepush demo [--listen ADDR] [--broker HOST:PORT]
     edgepush --help | --version
 
 COMMANDS:
@@ -28,6 +29,9 @@ COMMANDS:
     check-config  Validate the config and print the effective one (secrets redacted).
     watch         Connect to a server (ws://HOST:PORT/ws) and print one line per
                   event: `topic seq value`. Filters default to '#'.
+    demo          The whole pipeline on one machine: an embedded MQTT broker (or
+                  --broker), a simulated sensor fleet, and the server with its
+                  dashboard on 127.0.0.1:8080 (or --listen). Not in gateway builds.
 
 EXIT CODES:
     0 success, 1 runtime failure, 3 watch refused (the HTTP status is printed),
@@ -66,7 +70,10 @@ fn init_logging(level: log::LevelFilter) {
         .with_module_level("async_tungstenite", log::LevelFilter::Warn)
         .with_module_level("tungstenite", log::LevelFilter::Warn)
         .with_module_level("polling", log::LevelFilter::Warn)
-        .with_module_level("async_io", log::LevelFilter::Warn);
+        .with_module_level("async_io", log::LevelFilter::Warn)
+        // The demo broker logs its tracing spans through `log`, some at error level.
+        .with_module_level("rumqttd", log::LevelFilter::Off)
+        .with_module_level("tracing", log::LevelFilter::Off);
     if !std::io::stderr().is_terminal() {
         logger = logger.without_timestamps();
     }
@@ -82,6 +89,12 @@ fn run(o: &Opts) -> ExitCode {
         }
     };
     init_logging(cfg.log.level);
+    serve(&cfg, || {}, |_| {})
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts it down.
+/// `started` runs once it listens; `stopping` before the shutdown.
+fn serve(cfg: &Config, stopping: impl FnOnce(), started: impl FnOnce(std::net::SocketAddr)) -> ExitCode {
     // Take the signals before anything starts, so none is lost to the default action.
     let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
         Ok(s) => s,
@@ -90,13 +103,14 @@ fn run(o: &Opts) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = match edgepush::server::start(&cfg, 0) {
+    let running = match edgepush::server::start(cfg, 0) {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot start on {}: {e}", cfg.listen);
             return ExitCode::FAILURE;
         }
     };
+    started(running.local_addr());
     let sig = smol::block_on(async {
         use smol::stream::StreamExt;
         let mut signals = signals;
@@ -105,8 +119,73 @@ fn run(o: &Opts) -> ExitCode {
     if let Some(Ok(s)) = sig {
         log::info!("{s:?}: shutting down");
     }
+    stopping();
     running.shutdown();
     ExitCode::SUCCESS
+}
+
+#[cfg(feature = "demo")]
+fn demo(args: &[String]) -> Result<ExitCode, String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut listen: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("valid");
+    let mut broker: Option<(String, u16)> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--listen" => {
+                let v = it.next().ok_or("--listen needs HOST:PORT")?;
+                listen = v.parse().map_err(|_| format!("--listen: not an address: {v:?}"))?;
+            }
+            "--broker" => {
+                let v = it.next().ok_or("--broker needs HOST:PORT")?;
+                let (h, p) = v.rsplit_once(':').ok_or_else(|| format!("--broker: not HOST:PORT: {v:?}"))?;
+                let port = p.parse().map_err(|_| format!("--broker: bad port in {v:?}"))?;
+                broker = Some((h.to_owned(), port));
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    init_logging(log::LevelFilter::Info);
+    let (host, port) = match broker {
+        Some(b) => b,
+        None => {
+            // An embedded broker on a free loopback port.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("no free port for the embedded broker: {e}"))?
+                .port();
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            edgepush::demo::start_broker(addr)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::net::TcpStream::connect(addr).is_err() {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("the embedded broker did not start on {addr}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            log::info!("demo: embedded MQTT broker on {addr}");
+            ("127.0.0.1".to_owned(), port)
+        }
+    };
+    let mut cfg = Config::from_toml("", "demo", None).map_err(|e| e.to_string())?;
+    cfg.listen = listen;
+    cfg.mqtt.host = host.clone();
+    cfg.mqtt.port = port;
+    cfg.mqtt.client_id = format!("edgepush-demo-{}", std::process::id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let fleet = edgepush::demo::start_fleet(host, port, stop.clone());
+    let code = serve(
+        &cfg,
+        || stop.store(true, Ordering::Relaxed),
+        |addr| {
+            let shown =
+                if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
+            println!("edgepush demo: dashboard at http://{shown}/  (Ctrl-C to stop)");
+        },
+    );
+    let _ = fleet.join();
+    Ok(code)
 }
 
 fn check_config(o: &Opts) -> ExitCode {
@@ -164,6 +243,8 @@ fn main() -> ExitCode {
         "run" => opts(rest).map(|o| run(&o)),
         "check-config" => opts(rest).map(|o| check_config(&o)),
         "watch" => return watch(rest),
+        #[cfg(feature = "demo")]
+        "demo" => demo(rest),
         other => Err(format!("unknown command {other:?}")),
     };
     result.unwrap_or_else(|e| {

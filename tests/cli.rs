@@ -185,3 +185,39 @@ fn watch_shows_broker_notices() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[cfg(feature = "demo")]
+#[test]
+fn demo_runs_the_whole_pipeline_without_a_broker_installed() {
+    let port = free_port();
+    let mut child = bin()
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = out.next().unwrap().unwrap();
+    assert_eq!(line, format!("edgepush demo: dashboard at http://127.0.0.1:{port}/  (Ctrl-C to stop)"));
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let topics = block_on_timeout(20_000, "demo events", async {
+        let mut c = Client::connect(&url).await.unwrap();
+        c.subscribe(1, &["#"], None).await.unwrap();
+        let mut topics = std::collections::BTreeSet::new();
+        let mut kinds = std::collections::HashSet::new();
+        while topics.len() < 12 || kinds.len() < 3 {
+            if let edgepush::protocol::ServerMsg::Event { topic, value, .. } = next(&mut c).await {
+                topics.insert(c.topic_name(topic).unwrap().to_owned());
+                kinds.insert(std::mem::discriminant(&value));
+            }
+        }
+        topics
+    });
+    assert!(topics.contains("doors/front") && topics.contains("meters/main/power"), "{topics:?}");
+    let (status, page) = get(format!("127.0.0.1:{port}").parse().unwrap(), "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("/app.mjs"));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = wait_exit(&mut child, scaled(3000)).expect("demo exits");
+    assert!(status.success());
+}

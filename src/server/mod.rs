@@ -28,8 +28,14 @@ use admission::Admission;
 use http::{HeadError, Reject};
 use session::{Session, SessionConfig};
 
-/// The page served at `/` until the dashboard lands.
-const INDEX_HTML: &str = include_str!("index.html");
+/// The dashboard, embedded: (path, content type, body). Plain HTML, CSS and
+/// JavaScript modules, no build step and no external fetch.
+const DASHBOARD: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../dashboard/index.html")),
+    ("/app.mjs", "text/javascript; charset=utf-8", include_str!("../dashboard/app.mjs")),
+    ("/postcard.mjs", "text/javascript; charset=utf-8", include_str!("../dashboard/postcard.mjs")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../dashboard/style.css")),
+];
 
 /// Bridge → hub queue: events waiting for the hub. Bounded so a stalled hub
 /// slows the broker link rather than growing memory.
@@ -339,7 +345,10 @@ async fn handshake_phase(
             }
             Err(Reject { status, reason }) => Err(reply(status, reason)),
         },
-        (_, _, "/") => Err(http::response(200, "text/html; charset=utf-8", &[], INDEX_HTML.as_bytes())),
+        (_, _, path) if DASHBOARD.iter().any(|(p, _, _)| *p == path) => {
+            let (_, kind, body) = DASHBOARD.iter().find(|(p, _, _)| *p == path).expect("checked");
+            Err(http::response(200, kind, &[], body.as_bytes()))
+        }
         (_, _, "/healthz") => Err(healthz(shared)),
         (_, _, "/metrics") => Err(http::response(200, "text/plain; version=0.0.4", &[], m.render().as_bytes())),
         _ => Err(reply(404, "not found")),
