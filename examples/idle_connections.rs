@@ -15,13 +15,7 @@ use edgepush::client::Client;
 use edgepush::protocol::ServerMsg;
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server's /proc entry");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+    edgepush::metrics::rss_kib(pid).expect("the server's VmRSS in /proc")
 }
 
 fn main() {

@@ -10,10 +10,17 @@ use std::path::Path;
 
 use toml::{Table, Value as Toml};
 
+use crate::board::{Board, MemoryModel};
 use crate::topic;
 
 /// Board profiles embedded in the binary: (name, TOML text).
-pub const BOARDS: &[(&str, &str)] = &[("generic", include_str!("../boards/generic.toml"))];
+pub const BOARDS: &[(&str, &str)] = &[
+    ("generic", include_str!("../boards/generic.toml")),
+    ("raspberry-pi-zero-2w", include_str!("../boards/raspberry-pi-zero-2w.toml")),
+    ("raspberry-pi-3", include_str!("../boards/raspberry-pi-3.toml")),
+    ("raspberry-pi-4", include_str!("../boards/raspberry-pi-4.toml")),
+    ("beaglebone-black", include_str!("../boards/beaglebone-black.toml")),
+];
 
 /// The default board when a config names none.
 pub const DEFAULT_BOARD: &str = "generic";
@@ -235,6 +242,16 @@ impl Config {
     /// # Errors
     /// An unknown board, or a profile that does not validate.
     pub fn for_board(name: &str) -> Result<Config, ConfigError> {
+        board_profile(name).map(|(_, cfg)| cfg)
+    }
+}
+
+/// A board profile: its `[board]` description and memory model, and its defaults.
+///
+/// # Errors
+/// An unknown board, or a profile that does not validate.
+pub fn board_profile(name: &str) -> Result<(Board, Config), ConfigError> {
+    {
         let source = format!("board {name}");
         let Some(text) = board_text(name) else {
             return Err(ConfigError { source, problems: vec![unknown_board(name)] });
@@ -244,19 +261,23 @@ impl Config {
             problems: vec![problem("", format!("not valid TOML: {}", e.message()))],
         })?;
         let mut problems = Vec::new();
-        if let Some(meta) = table.remove("board") {
-            check_board_meta(meta, &mut problems);
+        let mut board = Board { name: name.to_owned(), ..Board::default() };
+        match table.remove("board") {
+            Some(meta) => board_meta(meta, &mut board, &mut problems),
+            None => problems.push(problem("board", "a board profile needs a [board] table")),
         }
         let mut cfg = Config { board: name.to_owned(), ..Config::default() };
         apply(&mut cfg, table, &mut problems);
         validate(&cfg, &mut problems);
         if problems.is_empty() {
-            Ok(cfg)
+            Ok((board, cfg))
         } else {
             Err(ConfigError { source, problems })
         }
     }
+}
 
+impl Config {
     /// The effective config as TOML, with secrets redacted.
     pub fn to_toml_redacted(&self) -> String {
         let mut root = Table::new();
@@ -515,17 +536,41 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
     root.finish();
 }
 
-fn check_board_meta(meta: Toml, problems: &mut Vec<Problem>) {
+fn board_meta(meta: Toml, b: &mut Board, problems: &mut Vec<Problem>) {
     let Toml::Table(table) = meta else {
         problems.push(problem("board", "must be a table in a board profile"));
         return;
     };
     let mut s = Section { name: "board", table, problems };
-    let mut desc = String::new();
-    s.string("description", &mut desc);
-    let mut ram: u64 = 0;
-    s.int("ram-mb", 64, 1 << 20, &mut ram);
+    s.string("description", &mut b.description);
+    s.string("target", &mut b.target);
+    s.int("ram-mb", 64, 1 << 20, &mut b.ram_mb);
+    s.int("budget-percent", 1, 90, &mut b.budget_percent);
+    {
+        let mut m = s.sub("memory-model");
+        let model = &mut b.model;
+        m.name = "board.memory-model";
+        let big = 1 << 30;
+        m.int("base-kib", 1, big, &mut model.base_kib);
+        m.int("connection-idle-bytes", 1, big, &mut model.connection_idle_bytes);
+        m.int("frame-bytes", 1, big, &mut model.frame_bytes);
+        m.int("outbox-entry-bytes", 1, big, &mut model.outbox_entry_bytes);
+        m.int("filter-bytes", 1, big, &mut model.filter_bytes);
+        m.int("topic-bytes", 1, big, &mut model.topic_bytes);
+        m.int("history-entry-bytes", 1, big, &mut model.history_entry_bytes);
+        m.finish();
+    }
     s.finish();
+    for (key, missing) in [
+        ("board.target", b.target.is_empty()),
+        ("board.ram-mb", b.ram_mb == 0),
+        ("board.budget-percent", b.budget_percent == 0),
+        ("board.memory-model", b.model == MemoryModel::default()),
+    ] {
+        if missing {
+            problems.push(problem(key, "is required in a board profile"));
+        }
+    }
 }
 
 /// Rules across keys.
@@ -650,9 +695,65 @@ mod tests {
     }
 
     #[test]
-    fn every_board_profile_validates() {
+    fn every_board_profile_validates_and_its_worst_case_fits_its_budget() {
         for (name, _) in BOARDS {
-            Config::for_board(name).unwrap_or_else(|e| panic!("{e}"));
+            let (board, cfg) = board_profile(name).unwrap_or_else(|e| panic!("{e}"));
+            let worst = board.worst_case_bytes(&cfg.limits);
+            let budget = board.budget_bytes();
+            eprintln!(
+                "{name}: {} MB, target {}, {} connections, worst case {:.1} MiB of a {:.1} MiB budget",
+                board.ram_mb,
+                board.target,
+                cfg.limits.max_connections,
+                worst as f64 / 1048576.0,
+                budget as f64 / 1048576.0
+            );
+            assert!(worst <= budget, "{name}: worst case {worst} B exceeds its budget {budget} B");
+            assert!(cfg.limits.max_connections_per_ip <= cfg.limits.max_connections, "{name}");
+            assert!(["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf", "x86_64-unknown-linux-gnu"]
+                .contains(&board.target.as_str()));
+            // A config naming the board gets its limits.
+            let named = Config::from_toml(&format!("board = \"{name}\""), "t", None).unwrap();
+            assert_eq!(named.limits, cfg.limits);
         }
+    }
+
+    #[test]
+    fn the_memory_model_arithmetic() {
+        let board = Board {
+            name: "t".into(),
+            description: String::new(),
+            target: String::new(),
+            ram_mb: 100,
+            budget_percent: 10,
+            model: MemoryModel {
+                base_kib: 1,
+                connection_idle_bytes: 1000,
+                frame_bytes: 100,
+                outbox_entry_bytes: 10,
+                filter_bytes: 5,
+                topic_bytes: 7,
+                history_entry_bytes: 3,
+            },
+        };
+        let mut l = Config::default().limits;
+        l.max_message_bytes = 50;
+        l.outbox_messages = 4;
+        l.max_filters = 2;
+        l.max_connections = 3;
+        l.max_topics = 11;
+        l.history = 13;
+        assert_eq!(board.connection_worst_bytes(&l), 1000 + 50 + 100 + 2 * 4 * 10 + 2 * 5);
+        assert_eq!(board.worst_case_bytes(&l), 1024 + 3 * 1240 + 11 * 7 + 13 * 3);
+        assert_eq!(board.budget_bytes(), 100 * 1048576 / 10);
+    }
+
+    #[test]
+    fn a_profile_without_its_board_table_is_refused() {
+        let mut problems = Vec::new();
+        let mut b = Board::default();
+        board_meta(Toml::Table(Table::new()), &mut b, &mut problems);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["board.target", "board.ram-mb", "board.budget-percent", "board.memory-model"]);
     }
 }

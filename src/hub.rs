@@ -106,13 +106,14 @@ impl Conn {
         self.declared[i] |= 1 << (id % 64);
     }
 
-    /// Queues an answer message, with the topic's declaration first if needed.
-    fn push_event(&mut self, id: u32, t: &TopicEntry, event: &Bytes) {
+    /// Adds an event to an answer being built, with the topic's declaration
+    /// first if this connection has not seen it.
+    fn answer_event(&mut self, answer: &mut Vec<Bytes>, id: u32, t: &TopicEntry, event: &Bytes) {
         if !self.is_declared(id) {
             self.declare(id);
-            self.outbox.push(t.decl.clone());
+            answer.push(t.decl.clone());
         }
-        self.outbox.push(event.clone());
+        answer.push(event.clone());
     }
 }
 
@@ -389,11 +390,12 @@ impl Hub {
         };
         let latest = latest_in_seq_order(&self.topics, lag.missed.iter().copied());
         let skipped = lag.events.saturating_sub(latest.len() as u64);
-        c.outbox.push(bytes(&ServerMsg::Lagged { skipped: skipped.min(u64::from(u32::MAX)) as u32 }));
+        let mut answer = vec![bytes(&ServerMsg::Lagged { skipped: skipped.min(u64::from(u32::MAX)) as u32 })];
         for id in latest {
             let t = &self.topics[id as usize];
-            c.push_event(id, t, &t.latest.as_ref().expect("has a latest").1);
+            c.answer_event(&mut answer, id, t, &t.latest.as_ref().expect("has a latest").1);
         }
+        c.outbox.push_all(answer);
         c.outbox.clear_behind();
     }
 
@@ -479,13 +481,15 @@ impl Hub {
         let matching = |name: &str| filters.iter().any(|f| topic::matches(f, name));
         let replay_from = resume.filter(|r| self.resume_usable(r)).map(|r| r.last_seq);
         let c = self.conns.get_mut(&conn).expect("checked by the caller");
+        // The whole answer goes to the outbox at once, so the writer packs it together.
+        let mut answer = Vec::new();
         let mode = match replay_from {
             Some(last_seq) => {
                 let skip = self.history.front().map_or(0, |h| (last_seq + 1).saturating_sub(h.seq) as usize);
                 for h in self.history.iter().skip(skip) {
                     let t = &self.topics[h.topic as usize];
                     if matching(&t.name) {
-                        c.push_event(h.topic, t, &h.event);
+                        c.answer_event(&mut answer, h.topic, t, &h.event);
                     }
                 }
                 SyncMode::Replay
@@ -494,12 +498,13 @@ impl Hub {
                 let ids = (0..self.topics.len() as u32).filter(|&i| matching(&self.topics[i as usize].name));
                 for tid in latest_in_seq_order(&self.topics, ids) {
                     let t = &self.topics[tid as usize];
-                    c.push_event(tid, t, &t.latest.as_ref().expect("has a latest").1);
+                    c.answer_event(&mut answer, tid, t, &t.latest.as_ref().expect("has a latest").1);
                 }
                 SyncMode::Snapshot
             }
         };
-        c.outbox.push(bytes(&ServerMsg::Synced { id, seq: self.seq, mode }));
+        answer.push(bytes(&ServerMsg::Synced { id, seq: self.seq, mode }));
+        c.outbox.push_all(answer);
         c.filters += filters.len();
         c.subs.insert(id, filters);
     }

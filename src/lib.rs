@@ -19,6 +19,7 @@
 //! [`server`] (listener, HTTP, sessions), [`metrics`], [`client`] (a Rust
 //! client of the protocol).
 
+pub mod board;
 pub mod client;
 pub mod config;
 #[cfg(feature = "demo")]

@@ -134,6 +134,12 @@ impl Metrics {
     }
 }
 
+/// Resident set size of a process in KiB (`VmRSS` from `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +155,7 @@ mod tests {
         assert!(text.contains("\nedgepush_connections 1\n"));
         assert!(text.contains("\nedgepush_connections_peak 2\n"));
         assert!(text.contains("edgepush_refused_total{reason=\"per_address\"} 1\n"));
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split(' ').nth(2).unwrap();
             assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}");

@@ -87,6 +87,15 @@ impl Outbox {
         }
     }
 
+    /// Queues several answer messages under one lock and one wake-up.
+    pub fn push_all(&self, msgs: Vec<Bytes>) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.queue.extend(msgs.into_iter().map(|m| (m, false)));
+            s.wake();
+        }
+    }
+
     /// Marks the connection behind from `now` unless it already is.
     pub fn mark_behind(&self, now: Instant) {
         let mut s = self.lock();

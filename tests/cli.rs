@@ -12,7 +12,7 @@ use common::*;
 use edgepush::client::Client;
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edgepush"))
+    edgepush_command()
 }
 
 fn write_config(text: &str) -> std::path::PathBuf {
@@ -220,4 +220,22 @@ fn demo_runs_the_whole_pipeline_without_a_broker_installed() {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let status = wait_exit(&mut child, scaled(3000)).expect("demo exits");
     assert!(status.success());
+}
+
+#[test]
+fn board_profiles_are_selected_by_flag_or_key_and_flag_wins() {
+    let out = bin().args(["check-config", "--board", "raspberry-pi-zero-2w"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("board = \"raspberry-pi-zero-2w\"") && text.contains("max-connections = 512"), "{text}");
+    let path = write_config("board = \"beaglebone-black\"\n[limits]\nhistory = 100\n");
+    let out = bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("max-connections = 256") && text.contains("history = 100"), "{text}");
+    let out = bin().args(["check-config", "--board", "raspberry-pi-4", "--config"]).arg(&path).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("max-connections = 3072") && text.contains("history = 100"), "{text}");
+    let out = bin().args(["check-config", "--board", "toaster"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown board \"toaster\""));
 }

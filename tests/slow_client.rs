@@ -63,7 +63,11 @@ fn a_client_that_never_reads_is_evicted_while_a_fast_one_gets_everything() {
 #[test]
 fn a_client_that_pauses_gets_lagged_then_the_latest_of_each_topic() {
     let broker = Broker::start();
-    let cfg = config(broker.port, "[limits]\noutbox-messages = 8\nslow-client-timeout-ms = 60000\nhistory = 16");
+    // The paused client answers no pings while paused: keep heartbeats out of it.
+    let cfg = config(
+        broker.port,
+        "[limits]\noutbox-messages = 8\nslow-client-timeout-ms = 600000\nhistory = 16\n[heartbeat]\ninterval-ms = 600000",
+    );
     let server = Server::start_linked(&cfg);
     let total = 600u64;
     let topics = 3u64;

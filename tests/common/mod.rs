@@ -62,6 +62,21 @@ pub fn wait_until(limit_ms: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A command running the `edgepush` binary, through `EDGEPUSH_TEST_RUNNER`
+/// when set (under qemu-user the test cannot exec an ARM binary directly).
+pub fn edgepush_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_edgepush");
+    match std::env::var("EDGEPUSH_TEST_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut c = Command::new(parts.next().expect("a runner program"));
+            c.args(parts).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -447,15 +462,4 @@ fn decode_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     }
     let payload = b.get(at..at + len)?.to_vec();
     Some((op, payload, at + len))
-}
-
-/// Resident set size of a process in KiB, from /proc.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit, integration with a real mosquitto, the
+# dashboard tests) for an ARM target under qemu-user, without Docker.
+# Usage: cross/test.sh aarch64-unknown-linux-gnu | armv7-unknown-linux-gnueabihf
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. cross/env.sh "$1"
+
+# Tests that spawn the edgepush binary run it through the same emulator; the
+# deadlines (never the assertions) stretch for emulation.
+export EDGEPUSH_TEST_RUNNER="$RUNNER"
+export EDGEPUSH_TEST_TIME_SCALE=${EDGEPUSH_TEST_TIME_SCALE:-8}
+
+# Gateway builds leave out the demo (and its embedded broker), and so do these tests.
+"$CARGO" test "${BUILD_STD[@]}" --target "$TARGET" --no-default-features -- --test-threads 2

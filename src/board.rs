@@ -1,0 +1,65 @@
+//! Board profiles: what each supported board is, and the memory model that
+//! sizes its limits so the worst case fits a stated share of its RAM.
+
+use crate::config::Limits;
+
+/// The memory model, per board file, from measurements on a running server
+/// (`examples/idle_connections.rs`, `examples/memory_model.rs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryModel {
+    /// RSS of a running server with no connections.
+    pub base_kib: u64,
+    /// One idle connection subscribed to `#`.
+    pub connection_idle_bytes: u64,
+    /// Frame buffers a busy connection can hold at once (ours and tungstenite's).
+    pub frame_bytes: u64,
+    /// One queued message in an outbox (the bytes are shared with the hub).
+    pub outbox_entry_bytes: u64,
+    /// One subscription filter held by a connection (index + its own list).
+    pub filter_bytes: u64,
+    /// One topic: name, declaration, table entries, latest event (200-byte payload).
+    pub topic_bytes: u64,
+    /// One history entry with its event (200-byte payload).
+    pub history_entry_bytes: u64,
+}
+
+/// The `[board]` table of a profile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Board {
+    pub name: String,
+    pub description: String,
+    /// Rust target triple of the board's usual OS.
+    pub target: String,
+    pub ram_mb: u64,
+    /// Share of RAM edgepush may use at its worst case, in percent.
+    pub budget_percent: u64,
+    pub model: MemoryModel,
+}
+
+impl Board {
+    /// The most one connection can cost with these limits: idle state, a read
+    /// buffer grown to the largest client message, frame buffers, a full
+    /// outbox (plus answers in flight, counted as a second outbox) and every filter.
+    pub fn connection_worst_bytes(&self, l: &Limits) -> u64 {
+        let m = &self.model;
+        m.connection_idle_bytes
+            + l.max_message_bytes as u64
+            + m.frame_bytes
+            + 2 * l.outbox_messages as u64 * m.outbox_entry_bytes
+            + u64::from(l.max_filters) * m.filter_bytes
+    }
+
+    /// The worst case of the whole server with these limits, in bytes.
+    pub fn worst_case_bytes(&self, l: &Limits) -> u64 {
+        let m = &self.model;
+        m.base_kib * 1024
+            + l.max_connections as u64 * self.connection_worst_bytes(l)
+            + l.max_topics as u64 * m.topic_bytes
+            + l.history as u64 * m.history_entry_bytes
+    }
+
+    /// What the worst case may use: `budget-percent` of RAM.
+    pub fn budget_bytes(&self) -> u64 {
+        self.ram_mb * 1024 * 1024 * self.budget_percent / 100
+    }
+}
