@@ -121,8 +121,13 @@ impl Broker {
 
     fn spawn(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port))
-            .unwrap();
+        // No queue limit: mosquitto's default (1,000 per client) silently drops
+        // QoS 1 messages past it when a subscriber falls behind during a burst.
+        let text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n",
+            self.port
+        );
+        std::fs::write(&conf, text).unwrap();
         let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
         let child = Command::new(mosquitto_path())
             .arg("-c")
