@@ -316,8 +316,11 @@ async fn handshake_phase(
                 Some(HeadError::Malformed) => {
                     (Refusal::BadRequest, Some(http::error_response(400, "malformed request", &[])))
                 }
-                Some(HeadError::Refused(r @ (Refusal::Capacity | Refusal::ShuttingDown))) => {
-                    (r, Some(http::error_response(503, "server full", &[("Retry-After", "5")])))
+                Some(HeadError::Refused(Refusal::ShuttingDown)) => {
+                    (Refusal::ShuttingDown, Some(http::error_response(503, "shutting down", &[("Retry-After", "5")])))
+                }
+                Some(HeadError::Refused(Refusal::Capacity)) => {
+                    (Refusal::Capacity, Some(http::error_response(503, "server full", &[("Retry-After", "5")])))
                 }
                 Some(HeadError::Refused(r)) => {
                     (r, Some(http::error_response(429, "too many connections from your address", &[])))
@@ -335,38 +338,42 @@ async fn handshake_phase(
     let head = &buf[..head_len];
     let parsed = http::Head::parse(head);
     let reply = |status, reason| http::error_response(status, reason, &[]);
+    let page = DASHBOARD.iter().find(|(p, _, _)| *p == line.path);
     let answer = match (&parsed, line.method.as_str(), line.path.as_str()) {
-        (Err(r), _, _) => Err(reply(r.status, r.reason)),
-        (_, m, _) if m != "GET" => Err(http::error_response(405, "only GET", &[("Allow", "GET")])),
+        (Err(r), _, _) => reply(r.status, r.reason),
+        (_, m, _) if m != "GET" => http::error_response(405, "only GET", &[("Allow", "GET")]),
         (Ok(head), _, "/ws") => match head.check_upgrade() {
-            Ok(u) => Ok(u),
-            Err(Reject { status, reason }) if status == 426 => {
-                Err(http::error_response(status, reason, &[("Sec-WebSocket-Version", "13")]))
+            Ok(upgrade) => return upgraded(stream, buf, head_len, &upgrade, slot).await,
+            Err(Reject { status: 426, reason }) => {
+                http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
             }
-            Err(Reject { status, reason }) => Err(reply(status, reason)),
+            Err(Reject { status, reason }) => reply(status, reason),
         },
-        (_, _, path) if DASHBOARD.iter().any(|(p, _, _)| *p == path) => {
-            let (_, kind, body) = DASHBOARD.iter().find(|(p, _, _)| *p == path).expect("checked");
-            Err(http::response(200, kind, &[], body.as_bytes()))
-        }
-        (_, _, "/healthz") => Err(healthz(shared)),
-        (_, _, "/metrics") => Err(http::response(200, "text/plain; version=0.0.4", &[], m.render().as_bytes())),
-        _ => Err(reply(404, "not found")),
+        (_, _, "/healthz") => healthz(shared),
+        (_, _, "/metrics") => http::response(200, "text/plain; version=0.0.4", &[], m.render().as_bytes()),
+        _ => match page {
+            Some((_, kind, body)) => http::response(200, kind, &[], body.as_bytes()),
+            None => reply(404, "not found"),
+        },
     };
-    let upgrade = match answer {
-        Ok(u) => u,
-        Err(bytes) => {
-            if line.path == "/ws" {
-                m.refused(Refusal::BadRequest);
-            }
-            http::send(&mut stream, &bytes).await;
-            return None;
-        }
-    };
+    if line.path == "/ws" {
+        m.refused(Refusal::BadRequest);
+    }
+    http::send(&mut stream, &answer).await;
+    None
+}
+
+/// Answers 101 and hands over the socket, the bytes after the head and the slot.
+async fn upgraded(
+    mut stream: Async<TcpStream>,
+    mut buf: Vec<u8>,
+    head_len: usize,
+    upgrade: &http::Upgrade,
+    slot: Option<admission::Slot>,
+) -> Option<(Async<TcpStream>, Vec<u8>, admission::Slot)> {
     let slot = slot?;
-    drop(parsed);
     use smol::io::AsyncWriteExt;
-    stream.write_all(&http::switching_protocols(&upgrade)).await.ok()?;
+    stream.write_all(&http::switching_protocols(upgrade)).await.ok()?;
     let rest = buf.split_off(head_len);
     Some((stream, rest, slot))
 }
