@@ -10,6 +10,9 @@ use std::net::TcpStream;
 use crate::metrics::Refusal;
 use crate::protocol::SUBPROTOCOL;
 
+/// Most bytes read from the socket at once while reading a head.
+const READ_CHUNK: usize = 1024;
+
 /// Why no complete request head was read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadError {
@@ -65,7 +68,6 @@ pub async fn read_head<T>(
     mut on_line: impl FnMut(&RequestLine) -> Result<T, HeadError>,
 ) -> Result<(usize, RequestLine, T), HeadError> {
     let mut line: Option<(RequestLine, T)> = None;
-    let mut chunk = [0u8; 1024];
     let mut scanned: usize = 0;
     loop {
         if line.is_none() {
@@ -87,12 +89,16 @@ pub async fn read_head<T>(
         if buf.len() >= max {
             return Err(HeadError::TooLarge);
         }
-        let want = (max - buf.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..want]).await.map_err(|_| HeadError::Closed)?;
+        // Read straight into the buffer's tail: no second buffer in the future's state.
+        let filled = buf.len();
+        let want = (max - filled).min(READ_CHUNK);
+        buf.resize(filled + want, 0);
+        let read = stream.read(&mut buf[filled..]).await;
+        let n = read.unwrap_or(0);
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -250,10 +250,10 @@ async fn accept_loop(
 async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
     shared.handshaking.fetch_add(1, Relaxed);
     let handshake = Handshaking(&shared.handshaking);
-    let Some((stream, head_rest, slot)) = handshake_phase(stream, peer, &shared).await else { return };
+    // Boxed: the handshake's state (head buffers and all) is freed once it is
+    // done instead of sizing the whole connection's long-lived future.
+    let Some((ws, slot)) = Box::pin(handshake_phase(stream, peer, &shared)).await else { return };
     drop(handshake);
-    let ws =
-        WebSocketStream::from_partially_read(stream, head_rest, Role::Server, Some(shared.session.websocket())).await;
     let session = Session {
         conn: shared.next_conn.fetch_add(1, Relaxed),
         peer,
@@ -276,14 +276,13 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-/// Reads and answers the request head. Returns the upgraded socket, the bytes
-/// after the head, and the admission slot; None when the request was answered
-/// (or dropped) here.
+/// Reads and answers the request head. Returns the upgraded WebSocket and the
+/// admission slot; None when the request was answered (or dropped) here.
 async fn handshake_phase(
     mut stream: Async<TcpStream>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> Option<(Async<TcpStream>, Vec<u8>, admission::Slot)> {
+) -> Option<(Ws, admission::Slot)> {
     let line_seen = AtomicBool::new(false);
     let mut buf = Vec::with_capacity(512);
     let m = &shared.metrics;
@@ -343,7 +342,7 @@ async fn handshake_phase(
         (Err(r), _, _) => reply(r.status, r.reason),
         (_, m, _) if m != "GET" => http::error_response(405, "only GET", &[("Allow", "GET")]),
         (Ok(head), _, "/ws") => match head.check_upgrade() {
-            Ok(upgrade) => return upgraded(stream, buf, head_len, &upgrade, slot).await,
+            Ok(upgrade) => return upgraded(stream, buf, head_len, &upgrade, slot, shared).await,
             Err(Reject { status: 426, reason }) => {
                 http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
             }
@@ -363,19 +362,25 @@ async fn handshake_phase(
     None
 }
 
-/// Answers 101 and hands over the socket, the bytes after the head and the slot.
+/// The WebSocket over an accepted socket.
+type Ws = WebSocketStream<Async<TcpStream>>;
+
+/// Answers 101 and wraps the socket, with any bytes the client sent after its head.
 async fn upgraded(
     mut stream: Async<TcpStream>,
     mut buf: Vec<u8>,
     head_len: usize,
     upgrade: &http::Upgrade,
     slot: Option<admission::Slot>,
-) -> Option<(Async<TcpStream>, Vec<u8>, admission::Slot)> {
+    shared: &Shared,
+) -> Option<(Ws, admission::Slot)> {
     let slot = slot?;
     use smol::io::AsyncWriteExt;
     stream.write_all(&http::switching_protocols(upgrade)).await.ok()?;
     let rest = buf.split_off(head_len);
-    Some((stream, rest, slot))
+    drop(buf);
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(shared.session.websocket())).await;
+    Some((ws, slot))
 }
 
 fn healthz(shared: &Shared) -> Vec<u8> {

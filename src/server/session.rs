@@ -49,7 +49,7 @@ impl SessionConfig {
     /// 128 KiB per connection and its default message limit 64 MiB.
     pub fn websocket(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(256)
             .write_buffer_size(0)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
