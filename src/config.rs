@@ -278,6 +278,24 @@ pub fn board_profile(name: &str) -> Result<(Board, Config), ConfigError> {
 }
 
 impl Config {
+    /// The sections of `new` that a reload cannot apply: they take a restart.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen != new.listen {
+            keys.push("listen");
+        }
+        if self.mqtt != new.mqtt {
+            keys.push("[mqtt]");
+        }
+        keys
+    }
+
+    /// `new` as it applies on a reload: everything but the parts that take a
+    /// restart, which stay as they run.
+    pub fn reloaded(&self, new: Config) -> Config {
+        Config { listen: self.listen, mqtt: self.mqtt.clone(), ..new }
+    }
+
     /// The effective config as TOML, with secrets redacted.
     pub fn to_toml_redacted(&self) -> String {
         let mut root = Table::new();

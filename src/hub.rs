@@ -51,6 +51,13 @@ pub enum HubCmd {
     Drained { conn: u64 },
     /// Close every connection with 1001.
     Shutdown,
+    /// The watchdog asks whether the hub's loop still turns; answered at once.
+    Probe(Sender<()>),
+    /// New limits from a config reload.
+    Reconfigure(HubConfig),
+    /// Test hook (`EDGEPUSH_TEST_WEDGE_HUB_AFTER_MS`): block the hub's thread
+    /// for good, as a deadlock would, so tests can see the watchdog go quiet.
+    Wedge,
 }
 
 /// Hub settings from the config.
@@ -296,6 +303,28 @@ impl Hub {
                 }
                 return false;
             }
+            HubCmd::Probe(reply) => {
+                let _ = reply.try_send(());
+            }
+            HubCmd::Reconfigure(cfg) => {
+                self.cfg = cfg;
+                while self.history.len() > self.cfg.history {
+                    self.history.pop_front();
+                }
+                self.history.shrink_to(self.cfg.history);
+                log::info!(
+                    "hub: max-topics {}, history {}, max-filters {}",
+                    self.cfg.max_topics,
+                    self.cfg.history,
+                    self.cfg.max_filters
+                );
+            }
+            HubCmd::Wedge => {
+                log::warn!("hub: wedged by the test hook");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
         }
         true
     }
@@ -341,7 +370,7 @@ impl Hub {
         let event = encode_event(id, seq, ts_ms, value);
         self.topics[id as usize].latest = Some((seq, event.clone()));
         if self.cfg.history > 0 {
-            if self.history.len() == self.cfg.history {
+            while self.history.len() >= self.cfg.history {
                 self.history.pop_front();
             }
             self.history.push_back(HistoryEntry { seq, topic: id, event: event.clone() });

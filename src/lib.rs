@@ -17,7 +17,8 @@
 //! [`mqtt`] (the bridge, the only tokio code), [`hub`] (the state owner),
 //! [`outbox`] and [`heartbeat`] (per-connection logic without I/O),
 //! [`server`] (listener, HTTP, sessions), [`metrics`], [`client`] (a Rust
-//! client of the protocol).
+//! client of the protocol), [`systemd`] (sd_notify, watchdog, socket
+//! activation) and [`logging`] (journald priorities).
 
 pub mod board;
 pub mod client;
@@ -26,10 +27,12 @@ pub mod config;
 pub mod demo;
 pub mod heartbeat;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
+pub mod systemd;
 pub mod topic;
 pub mod value;

@@ -1,6 +1,5 @@
 //! The `edgepush` binary: parse arguments, set up logging, load the config, run.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -63,24 +62,9 @@ fn load(o: &Opts) -> Result<Config, ConfigError> {
     }
 }
 
-fn init_logging(level: log::LevelFilter) {
-    let mut logger = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_module_level("rumqttc", log::LevelFilter::Warn)
-        .with_module_level("async_tungstenite", log::LevelFilter::Warn)
-        .with_module_level("tungstenite", log::LevelFilter::Warn)
-        .with_module_level("polling", log::LevelFilter::Warn)
-        .with_module_level("async_io", log::LevelFilter::Warn)
-        // The demo broker logs its tracing spans through `log`, some at error level.
-        .with_module_level("rumqttd", log::LevelFilter::Off)
-        .with_module_level("tracing", log::LevelFilter::Off);
-    if !std::io::stderr().is_terminal() {
-        logger = logger.without_timestamps();
-    }
-    let _ = logger.init();
-}
-
 fn run(o: &Opts) -> ExitCode {
+    // First, while the process has one thread: take the socket systemd may pass.
+    let activated = edgepush::systemd::activated_listener();
     let cfg = match load(o) {
         Ok(c) => c,
         Err(e) => {
@@ -88,40 +72,120 @@ fn run(o: &Opts) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(cfg.log.level);
-    serve(&cfg, || {}, |_| {})
+    edgepush::logging::init(cfg.log.level);
+    let listener = match activated {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    serve(cfg, listener, Some(&|| load(o)), || {}, |_| {})
 }
 
-/// Runs the server until SIGTERM or SIGINT, then shuts it down.
-/// `started` runs once it listens; `stopping` before the shutdown.
-fn serve(cfg: &Config, stopping: impl FnOnce(), started: impl FnOnce(std::net::SocketAddr)) -> ExitCode {
+/// Runs the server until SIGTERM or SIGINT, then shuts it down; SIGHUP
+/// re-reads the config through `reload` (when there is one). Tells systemd
+/// (when it is the parent) about readiness, reloads and stopping, and pings
+/// its watchdog. `started` runs once it listens; `stopping` before the shutdown.
+fn serve(
+    cfg: Config,
+    listener: Option<std::net::TcpListener>,
+    reload: Option<&dyn Fn() -> Result<Config, ConfigError>>,
+    stopping: impl FnOnce(),
+    started: impl FnOnce(std::net::SocketAddr),
+) -> ExitCode {
+    use async_signal::{Signal, Signals};
     // Take the signals before anything starts, so none is lost to the default action.
-    let signals = match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+    let signals = match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let running = match edgepush::server::start(cfg, 0) {
+    let notifier = edgepush::systemd::Notifier::from_env();
+    let activated = listener.is_some();
+    let started_at = std::time::Instant::now();
+    let running = match listener {
+        Some(l) => edgepush::server::start_on(&cfg, l, 0),
+        None => edgepush::server::start(&cfg, 0),
+    };
+    let running = match running {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot start on {}: {e}", cfg.listen);
             return ExitCode::FAILURE;
         }
     };
-    started(running.local_addr());
-    let sig = smol::block_on(async {
-        use smol::stream::StreamExt;
-        let mut signals = signals;
-        signals.next().await
-    });
-    if let Some(Ok(s)) = sig {
-        log::info!("{s:?}: shutting down");
+    let addr = running.local_addr();
+    if activated {
+        log::info!("socket activation: serving {addr} from systemd (listen = {} not bound)", cfg.listen);
     }
+    log::debug!("ready in {:?}", started_at.elapsed());
+    if let Some(period) = edgepush::systemd::watchdog_timeout() {
+        // Ping at half the period systemd allows, as sd_watchdog_enabled(3) advises.
+        let notifier = edgepush::systemd::Notifier::from_env();
+        running.watchdog(period / 2, move || notifier.watchdog());
+        log::info!("systemd watchdog: {period:?}");
+    }
+    notifier.ready(&format!("serving {addr}"));
+    started(addr);
+    let mut cfg = cfg;
+    let mut signals = signals;
+    loop {
+        let sig = smol::block_on(async {
+            use smol::stream::StreamExt;
+            signals.next().await
+        });
+        match sig {
+            Some(Ok(Signal::Hup)) => {
+                let Some(reload) = reload else {
+                    log::info!("SIGHUP: no config file to re-read");
+                    continue;
+                };
+                notifier.reloading();
+                cfg = reload_config(cfg, reload(), &running);
+                notifier.ready(&format!("serving {addr}"));
+            }
+            Some(Ok(s)) => {
+                log::info!("{s:?}: shutting down");
+                break;
+            }
+            Some(Err(e)) => {
+                log::error!("signal stream failed: {e}; shutting down");
+                break;
+            }
+            None => break,
+        }
+    }
+    notifier.stopping();
     stopping();
     running.shutdown();
     ExitCode::SUCCESS
+}
+
+/// Applies a re-read config, or keeps the running one when it is bad.
+fn reload_config(current: Config, new: Result<Config, ConfigError>, running: &edgepush::server::Running) -> Config {
+    match new {
+        Err(e) => {
+            log::error!("reload refused, the running config stays in force: {e}");
+            current
+        }
+        Ok(new) => {
+            let restart = current.restart_needed(&new);
+            if !restart.is_empty() {
+                log::warn!(
+                    "reload: {} changed; that takes a restart (systemctl restart edgepush)",
+                    restart.join(" and ")
+                );
+            }
+            let next = current.reloaded(new);
+            running.reload(&next);
+            edgepush::logging::set_level(next.log.level);
+            log::info!("reload: config applied (limits, heartbeat, auth, log level)");
+            next
+        }
+    }
 }
 
 #[cfg(feature = "demo")]
@@ -146,7 +210,7 @@ fn demo(args: &[String]) -> Result<ExitCode, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    init_logging(log::LevelFilter::Info);
+    edgepush::logging::init(log::LevelFilter::Info);
     let (host, port) = match broker {
         Some(b) => b,
         None => {
@@ -176,7 +240,9 @@ fn demo(args: &[String]) -> Result<ExitCode, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let fleet = edgepush::demo::start_fleet(host, port, stop.clone());
     let code = serve(
-        &cfg,
+        cfg,
+        None,
+        None,
         || stop.store(true, Ordering::Relaxed),
         |addr| {
             let shown =
@@ -207,7 +273,7 @@ fn watch(args: &[String]) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     };
     let filters: Vec<&str> = if args.len() > 1 { args[1..].iter().map(String::as_str).collect() } else { vec!["#"] };
-    init_logging(log::LevelFilter::Warn);
+    edgepush::logging::init(log::LevelFilter::Warn);
     match smol::block_on(edgepush::client::watch(url, &filters)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ edgepush::client::ClientError::Refused { .. }) => {

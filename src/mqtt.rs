@@ -68,12 +68,20 @@ pub fn spawn(
     to_hub: Sender<BridgeMsg>,
     publishes: Receiver<Publish>,
     stop: Receiver<()>,
+    probes: Receiver<Sender<()>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new()
-        .name("mqtt".into())
-        .spawn(move || rt.block_on(run(cfg, to_hub, publishes, stop, metrics)))
+    std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+        // The watchdog's probe: answered from this thread's runtime, so a
+        // wedged bridge goes quiet (and costs nothing when no watchdog asks).
+        rt.spawn(async move {
+            while let Ok(reply) = probes.recv().await {
+                let _ = reply.try_send(());
+            }
+        });
+        rt.block_on(run(cfg, to_hub, publishes, stop, metrics))
+    })
 }
 
 async fn run(

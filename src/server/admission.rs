@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::Refusal;
@@ -15,8 +16,8 @@ struct Counts {
 
 /// The connection caps and the current counts.
 pub struct Admission {
-    max: usize,
-    per_ip: usize,
+    max: AtomicUsize,
+    per_ip: AtomicUsize,
     counts: Mutex<Counts>,
 }
 
@@ -36,7 +37,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 impl Admission {
     pub fn new(max: usize, per_ip: usize) -> Arc<Admission> {
-        Arc::new(Admission { max, per_ip, counts: Mutex::default() })
+        Arc::new(Admission { max: AtomicUsize::new(max), per_ip: AtomicUsize::new(per_ip), counts: Mutex::default() })
+    }
+
+    /// New caps (config reload). Connections past a lowered cap stay; new
+    /// ones are refused until enough have left.
+    pub fn set_caps(&self, max: usize, per_ip: usize) {
+        self.max.store(max, Relaxed);
+        self.per_ip.store(per_ip, Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -47,11 +55,11 @@ impl Admission {
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         let ip = canonical(ip);
         let mut c = self.lock();
-        if c.total >= self.max {
+        if c.total >= self.max.load(Relaxed) {
             return Err(Refusal::Capacity);
         }
         let n = c.by_ip.entry(ip).or_insert(0);
-        if *n >= self.per_ip {
+        if *n >= self.per_ip.load(Relaxed) {
             return Err(Refusal::PerAddress);
         }
         *n += 1;
@@ -98,5 +106,19 @@ mod tests {
         let _s4 = a.try_admit("10.0.0.2".parse().unwrap()).unwrap();
         assert_eq!(a.try_admit(ip2).err(), Some(Refusal::Capacity));
         assert_eq!(a.lock().by_ip.len(), 2);
+    }
+
+    #[test]
+    fn lowered_caps_keep_existing_slots_and_refuse_new_ones() {
+        let a = Admission::new(4, 4);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let slots: Vec<Slot> = (0..3).map(|_| a.try_admit(ip).unwrap()).collect();
+        a.set_caps(2, 4);
+        assert_eq!(a.total(), 3);
+        assert_eq!(a.try_admit(ip).err(), Some(Refusal::Capacity));
+        a.set_caps(8, 3);
+        assert_eq!(a.try_admit(ip).err(), Some(Refusal::PerAddress));
+        drop(slots);
+        assert!(a.try_admit(ip).is_ok());
     }
 }

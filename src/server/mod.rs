@@ -8,7 +8,7 @@ pub mod session;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,16 +53,56 @@ struct Shared {
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     hub: Sender<HubCmd>,
-    session: Arc<SessionConfig>,
-    perms: Arc<Permissions>,
+    /// The settings a reload can change; each connection takes the current
+    /// ones when it is accepted.
+    live: RwLock<Arc<Live>>,
     shutting_down: AtomicBool,
     next_conn: AtomicU64,
     /// Connections still reading their request head; capped so a flood of
     /// silent sockets cannot pile up tasks for `handshake-timeout-ms` each.
     handshaking: AtomicUsize,
+}
+
+/// The per-connection settings from the config, swapped whole on reload.
+struct Live {
+    session: Arc<SessionConfig>,
+    perms: Arc<Permissions>,
     max_handshaking: usize,
     handshake_timeout: Duration,
     max_header_bytes: usize,
+}
+
+impl Live {
+    fn new(cfg: &Config) -> Live {
+        Live {
+            session: Arc::new(SessionConfig {
+                heartbeat_interval: Duration::from_millis(cfg.heartbeat.interval_ms),
+                heartbeat_timeout: Duration::from_millis(cfg.heartbeat.timeout_ms),
+                slow_client_timeout: Duration::from_millis(cfg.limits.slow_client_timeout_ms),
+                outbox_messages: cfg.limits.outbox_messages,
+                max_message_bytes: cfg.limits.max_message_bytes,
+            }),
+            perms: Arc::new(Permissions { subscribe: cfg.auth.subscribe.clone(), publish: cfg.auth.publish.clone() }),
+            max_handshaking: cfg.limits.max_connections.max(64),
+            handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+            max_header_bytes: cfg.limits.max_header_bytes,
+        }
+    }
+}
+
+impl Shared {
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn hub_config(cfg: &Config) -> HubConfig {
+    HubConfig {
+        max_topics: cfg.limits.max_topics,
+        history: cfg.limits.history,
+        max_filters: cfg.limits.max_filters,
+        heartbeat_ms: cfg.heartbeat.interval_ms.min(u64::from(u32::MAX)) as u32,
+    }
 }
 
 /// A running server: its threads, and how to stop it.
@@ -73,6 +113,7 @@ pub struct Running {
     stop_accept: Sender<()>,
     stop_bridge: Sender<()>,
     stop_executor: Sender<()>,
+    bridge_probe: Sender<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     bridge: Option<JoinHandle<()>>,
     hub_done: Receiver<()>,
@@ -89,6 +130,60 @@ impl Running {
         &self.metrics
     }
 
+    /// Applies a reloaded config: connection caps, hub limits, permissions and
+    /// per-connection settings. Connected clients stay; per-connection settings
+    /// (heartbeat, outbox, message size, slow-client timeout) apply to
+    /// connections accepted from now on. The listen address and the broker
+    /// link are not changed here (the caller reports them as needing a restart).
+    pub fn reload(&self, cfg: &Config) {
+        let s = &self.shared;
+        s.admission.set_caps(cfg.limits.max_connections, cfg.limits.max_connections_per_ip);
+        s.metrics.connections_max.store(cfg.limits.max_connections as u64, Relaxed);
+        *s.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live::new(cfg));
+        if s.hub.try_send(HubCmd::Reconfigure(hub_config(cfg))).is_err() {
+            warn!("reload: the hub's queue is full; hub limits unchanged");
+        }
+    }
+
+    /// Pings the service manager's watchdog every `period`, but only while the
+    /// server really works: each ping follows a round trip through the hub's
+    /// loop and the MQTT bridge's thread, run from a task on the executor. A
+    /// wedged executor, hub or bridge stops the pings.
+    pub fn watchdog(&self, period: Duration, ping: impl Fn() + Send + 'static) {
+        let hub = self.shared.hub.clone();
+        let bridge = self.bridge_probe.clone();
+        self.ex
+            .spawn(async move {
+                let mut quiet = false;
+                loop {
+                    Timer::after(period).await;
+                    let (tx, rx) = async_channel::bounded::<()>(2);
+                    let round = async {
+                        hub.send(HubCmd::Probe(tx.clone())).await.ok()?;
+                        bridge.send(tx).await.ok()?;
+                        rx.recv().await.ok()?;
+                        rx.recv().await.ok()
+                    };
+                    let answered = round
+                        .or(async {
+                            Timer::after(period).await;
+                            None
+                        })
+                        .await
+                        .is_some();
+                    if answered {
+                        ping();
+                        if std::mem::take(&mut quiet) {
+                            info!("watchdog: hub and bridge answer again");
+                        }
+                    } else if !std::mem::replace(&mut quiet, true) {
+                        warn!("watchdog: hub or MQTT bridge did not answer within {period:?}; not pinging");
+                    }
+                }
+            })
+            .detach();
+    }
+
     /// Stops accepting, closes every client with 1001, and stops every thread.
     /// Returns within about 2 s even when clients do not answer.
     pub fn shutdown(mut self) {
@@ -100,7 +195,14 @@ impl Running {
         let shared = self.shared.clone();
         let hub_done = self.hub_done.clone();
         smol::block_on(self.ex.run(async move {
-            let _ = hub_done.recv().await;
+            // Bounded even when the hub is wedged (a bug): stopping must still stop.
+            let _ = async {
+                let _ = hub_done.recv().await;
+            }
+            .or(async {
+                Timer::after(SHUTDOWN_GRACE).await;
+            })
+            .await;
             while shared.admission.total() > 0 && started.elapsed() < SHUTDOWN_GRACE {
                 Timer::after(Duration::from_millis(10)).await;
             }
@@ -126,13 +228,21 @@ impl Running {
     }
 }
 
-/// Binds the listener and starts the hub, the MQTT bridge and `threads`
-/// executor threads (0: one per core).
+/// Binds `cfg.listen` and starts the server on it (see [`start_on`]).
 ///
 /// # Errors
 /// The listen address cannot be bound, or a thread cannot start.
 pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
-    let listener = Async::<TcpListener>::bind(cfg.listen)?;
+    start_on(cfg, TcpListener::bind(cfg.listen)?, threads)
+}
+
+/// Starts the hub, the MQTT bridge and `threads` executor threads (0: one
+/// per core) serving `listener` (bound by us, or passed by systemd).
+///
+/// # Errors
+/// The listener is unusable, or a thread cannot start.
+pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Result<Running> {
+    let listener = Async::new(listener)?;
     let addr = listener.get_ref().local_addr()?;
     let metrics = Arc::new(Metrics::default());
     metrics.connections_max.store(cfg.limits.max_connections as u64, Relaxed);
@@ -145,38 +255,23 @@ pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
     let (stop_executor, stop_executor_rx) = async_channel::bounded::<()>(1);
     let (hub_done_tx, hub_done) = async_channel::bounded::<()>(1);
 
-    let hub = Hub::new(
-        HubConfig {
-            max_topics: cfg.limits.max_topics,
-            history: cfg.limits.history,
-            max_filters: cfg.limits.max_filters,
-            heartbeat_ms: cfg.heartbeat.interval_ms.min(u64::from(u32::MAX)) as u32,
-        },
-        metrics.clone(),
-        publish_tx,
-    );
+    let (bridge_probe, bridge_probe_rx) = async_channel::bounded(1);
+
+    let hub = Hub::new(hub_config(cfg), metrics.clone(), publish_tx);
     info!("epoch {}", hub.epoch());
-    let bridge = mqtt::spawn(cfg.mqtt.clone(), bridge_tx, publish_rx, stop_bridge_rx, metrics.clone())?;
+    let bridge =
+        mqtt::spawn(cfg.mqtt.clone(), bridge_tx, publish_rx, stop_bridge_rx, bridge_probe_rx, metrics.clone())?;
 
     let shared = Arc::new(Shared {
         admission: Admission::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip),
         metrics: metrics.clone(),
         hub: hub_tx,
-        session: Arc::new(SessionConfig {
-            heartbeat_interval: Duration::from_millis(cfg.heartbeat.interval_ms),
-            heartbeat_timeout: Duration::from_millis(cfg.heartbeat.timeout_ms),
-            slow_client_timeout: Duration::from_millis(cfg.limits.slow_client_timeout_ms),
-            outbox_messages: cfg.limits.outbox_messages,
-            max_message_bytes: cfg.limits.max_message_bytes,
-        }),
-        perms: Arc::new(Permissions { subscribe: cfg.auth.subscribe.clone(), publish: cfg.auth.publish.clone() }),
+        live: RwLock::new(Arc::new(Live::new(cfg))),
         shutting_down: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
         handshaking: AtomicUsize::new(0),
-        max_handshaking: cfg.limits.max_connections.max(64),
-        handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
-        max_header_bytes: cfg.limits.max_header_bytes,
     });
+    wedge_hook(&shared);
 
     let ex = Arc::new(Executor::new());
     ex.spawn(async move {
@@ -205,6 +300,7 @@ pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
         stop_accept,
         stop_bridge,
         stop_executor,
+        bridge_probe,
         threads: handles,
         bridge: Some(bridge),
         hub_done,
@@ -228,14 +324,15 @@ async fn accept_loop(
         match accepted {
             None => return,
             Some(Ok((stream, peer))) => {
-                if shared.handshaking.load(Relaxed) >= shared.max_handshaking {
+                let live = shared.live();
+                if shared.handshaking.load(Relaxed) >= live.max_handshaking {
                     // Too many heads in progress: closing now costs nothing.
                     shared.metrics.refused(Refusal::Timeout);
-                    debug!("{peer}: dropped, {} request heads already pending", shared.max_handshaking);
+                    debug!("{peer}: dropped, {} request heads already pending", live.max_handshaking);
                     continue;
                 }
                 let _ = stream.get_ref().set_nodelay(true);
-                ex.spawn(connection(stream, peer, shared.clone())).detach();
+                ex.spawn(connection(stream, peer, shared.clone(), live)).detach();
             }
             Some(Err(e)) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
@@ -247,19 +344,19 @@ async fn accept_loop(
 }
 
 /// One accepted TCP connection, from its first byte to its end.
-async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>, live: Arc<Live>) {
     shared.handshaking.fetch_add(1, Relaxed);
     let handshake = Handshaking(&shared.handshaking);
     // Boxed: the handshake's state (head buffers and all) is freed once it is
     // done instead of sizing the whole connection's long-lived future.
-    let Some((ws, slot)) = Box::pin(handshake_phase(stream, peer, &shared)).await else { return };
+    let Some((ws, slot)) = Box::pin(handshake_phase(stream, peer, &shared, &live)).await else { return };
     drop(handshake);
     let session = Session {
         conn: shared.next_conn.fetch_add(1, Relaxed),
         peer,
-        cfg: shared.session.clone(),
+        cfg: live.session.clone(),
         hub: shared.hub.clone(),
-        perms: shared.perms.clone(),
+        perms: live.perms.clone(),
         metrics: shared.metrics.clone(),
         slot,
     };
@@ -282,6 +379,7 @@ async fn handshake_phase(
     mut stream: Async<TcpStream>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
+    live: &Live,
 ) -> Option<(Ws, admission::Slot)> {
     let line_seen = AtomicBool::new(false);
     let mut buf = Vec::with_capacity(512);
@@ -296,9 +394,9 @@ async fn handshake_phase(
         }
         shared.admission.try_admit(peer.ip()).map(Some).map_err(HeadError::Refused)
     };
-    let read = http::read_head(&mut stream, &mut buf, shared.max_header_bytes, &line_seen, admit);
+    let read = http::read_head(&mut stream, &mut buf, live.max_header_bytes, &line_seen, admit);
     let timeout = async {
-        Timer::after(shared.handshake_timeout).await;
+        Timer::after(live.handshake_timeout).await;
         Err(None)
     };
     let (head_len, line, slot) = match async { read.await.map_err(Some) }.or(timeout).await {
@@ -342,7 +440,7 @@ async fn handshake_phase(
         (Err(r), _, _) => reply(r.status, r.reason),
         (_, m, _) if m != "GET" => http::error_response(405, "only GET", &[("Allow", "GET")]),
         (Ok(head), _, "/ws") => match head.check_upgrade() {
-            Ok(upgrade) => return upgraded(stream, buf, head_len, &upgrade, slot, shared).await,
+            Ok(upgrade) => return upgraded(stream, buf, head_len, &upgrade, slot, live).await,
             Err(Reject { status: 426, reason }) => {
                 http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
             }
@@ -372,14 +470,14 @@ async fn upgraded(
     head_len: usize,
     upgrade: &http::Upgrade,
     slot: Option<admission::Slot>,
-    shared: &Shared,
+    live: &Live,
 ) -> Option<(Ws, admission::Slot)> {
     let slot = slot?;
     use smol::io::AsyncWriteExt;
     stream.write_all(&http::switching_protocols(upgrade)).await.ok()?;
     let rest = buf.split_off(head_len);
     drop(buf);
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(shared.session.websocket())).await;
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(live.session.websocket())).await;
     Some((ws, slot))
 }
 
@@ -399,4 +497,20 @@ fn healthz(shared: &Shared) -> Vec<u8> {
     );
     let code = if status == "ok" { 200 } else { 503 };
     http::response(code, "application/json", &[], body.as_bytes())
+}
+
+/// Test hook: with `EDGEPUSH_TEST_WEDGE_HUB_AFTER_MS=N` the hub blocks its
+/// thread for good N ms after start, as a deadlock would. The integration
+/// tests use it to show that the systemd watchdog pings stop while the rest
+/// of the server still answers; nothing else sets it.
+fn wedge_hook(shared: &Shared) {
+    let Some(ms) = std::env::var("EDGEPUSH_TEST_WEDGE_HUB_AFTER_MS").ok().and_then(|v| v.parse::<u64>().ok()) else {
+        return;
+    };
+    warn!("test hook: the hub will wedge in {ms} ms");
+    let hub = shared.hub.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = hub.send_blocking(HubCmd::Wedge);
+    });
 }
