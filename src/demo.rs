@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+pub use crate::rng::Rng;
+
 /// Starts rumqttd on `addr` on its own threads.
 ///
 /// # Errors
@@ -47,28 +49,6 @@ dynamic_filters = true
         })
         .map_err(|e| e.to_string())?;
     Ok(())
-}
-
-/// A small xorshift generator: the fleet needs noise, not cryptography.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Roughly normal, mean 0, deviation 1 (sum of uniforms).
-    pub fn noise(&mut self) -> f64 {
-        (0..6).map(|_| self.next_f64()).sum::<f64>() - 3.0
-    }
 }
 
 /// What a simulated device publishes.

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod protocol;
+pub mod rng;
 pub mod server;
 pub mod systemd;
 pub mod topic;

@@ -1,5 +1,14 @@
 //! A Rust client of the edgepush protocol: the `watch` command, probes, tests
-//! and the load tool use it.
+//! and the load tool use it. [`Client`] is one connection; [`Follower`] keeps a
+//! subscription across reconnects (backoff with full jitter, resume, a dead
+//! server noticed within 2.5 × `heartbeat_ms`) and accounts for every event in
+//! a [`Ledger`].
+
+pub mod follow;
+pub mod ledger;
+
+pub use follow::{Backoff, FollowStats, Follower, Update};
+pub use ledger::{Fate, Ledger};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -271,34 +280,38 @@ pub fn format_value(v: &Value) -> String {
 }
 
 /// Runs `edgepush watch`: prints `topic seq value` per event on stdout and
-/// notices on stderr until the connection ends.
+/// notices on stderr; reconnects (and resumes) until stopped. A refusal before
+/// the first connection ends it, so a wrong URL or token is reported at once.
 ///
 /// # Errors
-/// Why the watch ended.
+/// The first connection failed.
 pub async fn watch(url: &str, filters: &[&str]) -> Result<(), ClientError> {
     use std::io::Write;
-    let mut c = Client::connect(url).await?;
-    let h = c.hello().clone();
-    eprintln!("# connected to {} (epoch {}, broker {})", h.server, h.epoch, if h.broker_up { "up" } else { "down" });
-    c.subscribe(1, filters, None).await?;
+    // Fail fast on a bad first connection; then follow.
+    let first = Client::connect(url).await?;
+    first.close().await;
+    let mut f = Follower::new(url, filters, Backoff::default());
     let stdout = std::io::stdout();
     loop {
-        let msg = c.next().await?;
-        match msg {
-            ServerMsg::Event { topic, seq, value, .. } => {
-                let name = c.topic_name(topic).unwrap_or("?");
+        match f.next().await {
+            Update::Event { topic, seq, value, .. } => {
                 let mut out = stdout.lock();
-                let _ = writeln!(out, "{name} {seq} {}", format_value(&value));
+                let _ = writeln!(out, "{topic} {seq} {}", format_value(&value));
                 let _ = out.flush();
             }
-            ServerMsg::Synced { seq, mode, .. } => {
+            Update::Connected { epoch, resumed, broker_up } => {
+                let how = if resumed { ", resuming" } else { "" };
+                let broker = if broker_up { "up" } else { "down" };
+                eprintln!("# connected to edgepush (epoch {epoch}, broker {broker}{how})");
+            }
+            Update::Synced { seq, mode } => {
                 let how = if mode == SyncMode::Replay { "replay" } else { "snapshot" };
                 eprintln!("# synced at seq {seq} ({how})");
             }
-            ServerMsg::Broker { up } => eprintln!("# broker {}", if up { "up" } else { "down" }),
-            ServerMsg::Lagged { skipped } => eprintln!("# lagged: {skipped} events skipped"),
-            ServerMsg::Error { code, message, .. } => eprintln!("# error {code}: {message}"),
-            _ => {}
+            Update::Broker { up } => eprintln!("# broker {}", if up { "up" } else { "down" }),
+            Update::Lagged { skipped } => eprintln!("# lagged: {skipped} events skipped"),
+            Update::Error { code, message } => eprintln!("# error {code}: {message}"),
+            Update::Lost { why, retry_in, .. } => eprintln!("# connection lost: {why}; reconnecting in {retry_in:?}"),
         }
     }
 }
