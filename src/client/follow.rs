@@ -188,7 +188,7 @@ impl Follower {
             self.epoch = Some(hello.epoch);
             self.high = 0;
         }
-        let resume = (self.high > 0).then(|| Resume { epoch: hello.epoch, last_seq: self.high });
+        let resume = (self.high > 0).then_some(Resume { epoch: hello.epoch, last_seq: self.high });
         let filters: Vec<&str> = self.filters.iter().map(String::as_str).collect();
         client.subscribe(1, &filters, resume).await?;
         self.ledger.subscribing(self.high);
