@@ -20,6 +20,8 @@ use crate::value;
 /// Largest MQTT packet accepted from the broker. A larger one makes rumqttc
 /// drop the link, so this is generous; sensor payloads are far smaller.
 const MAX_INCOMING_PACKET: usize = 1 << 20;
+/// How long the broker gets to answer CONNECT (rumqttc's default, named for the log).
+const CONNECT_TIMEOUT_S: u64 = 5;
 
 /// Capped exponential backoff between reconnect attempts.
 #[derive(Debug, Clone)]
@@ -102,6 +104,9 @@ async fn run(
         opts.set_credentials(u.clone(), "");
     }
     let (client, mut events) = AsyncClient::new(opts, 64);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_connection_timeout(CONNECT_TIMEOUT_S);
+    events.set_network_options(network);
     let filters: Vec<SubscribeFilter> =
         cfg.subscribe.iter().map(|f| SubscribeFilter::new(f.clone(), qos(cfg.qos))).collect();
 
@@ -213,8 +218,15 @@ async fn run(
 }
 
 fn describe(e: &ConnectionError) -> String {
+    use rumqttc::ConnectReturnCode as Code;
     match e {
+        ConnectionError::ConnectionRefused(code @ (Code::BadUserNamePassword | Code::NotAuthorized)) => {
+            format!("the broker refused the connection ({code:?}): check [mqtt] username and password")
+        }
         ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+        ConnectionError::NetworkTimeout => {
+            format!("no CONNACK within {CONNECT_TIMEOUT_S} s: the broker is slow or stuck accepting connections")
+        }
         ConnectionError::Io(io) => io.to_string(),
         other => other.to_string(),
     }

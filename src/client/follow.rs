@@ -81,8 +81,14 @@ pub struct Follower {
     retry_at: Option<Instant>,
     conn: Option<Live>,
     epoch: Option<u64>,
-    /// Highest seq seen in `epoch` (events and Synced): the resume point.
+    /// The resume point: the highest seq of a completed Subscribe answer
+    /// (its Synced) or of a live event in `epoch`. Events of an answer still
+    /// in progress do not move it: a snapshot cut off half-way has sent only
+    /// some topics' latest values, and resuming after them would skip the
+    /// rest without notice.
     high: u64,
+    /// A Subscribe answer is in progress (until its Synced).
+    answering: bool,
     ledger: Ledger,
     stats: FollowStats,
 }
@@ -113,6 +119,7 @@ impl Follower {
             conn: None,
             epoch: None,
             high: 0,
+            answering: false,
             ledger: Ledger::new(),
             stats: FollowStats::default(),
         }
@@ -192,6 +199,7 @@ impl Follower {
         let filters: Vec<&str> = self.filters.iter().map(String::as_str).collect();
         client.subscribe(1, &filters, resume).await?;
         self.ledger.subscribing(self.high);
+        self.answering = true;
         self.stats.connects += 1;
         self.retry_at = None;
         let dead_after = Duration::from_millis(u64::from(hello.heartbeat_ms.max(100))).mul_f64(2.5);
@@ -222,7 +230,9 @@ impl Follower {
                 None
             }
             ServerMsg::Event { topic, seq, ts_ms, value } => {
-                self.high = self.high.max(seq);
+                if !self.answering {
+                    self.high = self.high.max(seq);
+                }
                 let name = live.names.get(&topic).cloned().unwrap_or_else(|| Arc::from(format!("#{topic}")));
                 if self.ledger.event(&name, seq) {
                     Some(Update::Event { topic: name, seq, ts_ms, value })
@@ -233,6 +243,7 @@ impl Follower {
             }
             ServerMsg::Synced { seq, mode, .. } => {
                 self.high = self.high.max(seq);
+                self.answering = false;
                 self.ledger.synced(seq, mode == SyncMode::Snapshot);
                 match mode {
                     SyncMode::Replay => self.stats.replays += 1,

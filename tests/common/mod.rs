@@ -6,12 +6,12 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgepush::client::{Client, ClientError};
@@ -104,7 +104,9 @@ fn mosquitto_path() -> PathBuf {
 /// A real mosquitto broker on a free loopback port.
 pub struct Broker {
     pub port: u16,
-    dir: PathBuf,
+    pub dir: PathBuf,
+    /// Extra mosquitto.conf lines (auth, say).
+    extra: String,
     child: Option<Child>,
 }
 
@@ -114,9 +116,24 @@ impl Broker {
     }
 
     pub fn start_on(port: u16) -> Broker {
-        let mut b = Broker { port, dir: scratch_dir("mosquitto"), child: None };
+        Broker::start_with(port, "")
+    }
+
+    /// A broker whose mosquitto.conf also has `extra` (with `{dir}` replaced
+    /// by its scratch directory).
+    pub fn start_with(port: u16, extra: &str) -> Broker {
+        let dir = scratch_dir("mosquitto");
+        let extra = extra.replace("{dir}", &dir.display().to_string());
+        let mut b = Broker { port, dir, extra, child: None };
         b.spawn();
         b
+    }
+
+    /// Sends SIGHUP: mosquitto re-reads its config and password file.
+    pub fn reload(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on the broker this test started.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
     }
 
     fn spawn(&mut self) {
@@ -124,8 +141,9 @@ impl Broker {
         // No queue limit: mosquitto's default (1,000 per client) silently drops
         // QoS 1 messages past it when a subscriber falls behind during a burst.
         let text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n",
-            self.port
+            "listener {} 127.0.0.1\npersistence false\nmax_queued_messages 0\n{}\n",
+            self.port,
+            if self.extra.is_empty() { "allow_anonymous true" } else { &self.extra }
         );
         std::fs::write(&conf, text).unwrap();
         let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
@@ -467,4 +485,64 @@ fn decode_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     }
     let payload = b.get(at..at + len)?.to_vec();
     Some((op, payload, at + len))
+}
+
+/// The binary, with its stderr collected line by line.
+pub struct Daemon {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, log }
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the child this test started.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, sig) }, 0);
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `text` and returns it.
+    pub fn wait_log(&self, text: &str, limit_ms: u64) -> String {
+        let mut found = None;
+        wait_until(limit_ms, &format!("a log line with {text:?}"), || {
+            found = self.lines().into_iter().find(|l| l.contains(text));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    pub fn wait_exit(&mut self, limit_ms: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + scaled(limit_ms);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit; log: {:#?}", self.lines());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
