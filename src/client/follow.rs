@@ -97,6 +97,8 @@ struct Live {
     client: Client,
     /// Silence longer than this means the server or the path is dead.
     dead_after: Duration,
+    /// When the last message arrived (silence is measured from it).
+    last_rx: Instant,
     names: HashMap<u32, Arc<str>>,
 }
 
@@ -166,12 +168,16 @@ impl Follower {
             }
             let live = self.conn.as_mut().expect("connected");
             let dead_after = live.dead_after;
+            let deadline = live.last_rx + dead_after;
             let msg = async { Some(live.client.next().await) }
                 .or(async {
-                    Timer::after(dead_after).await;
+                    Timer::at(deadline).await;
                     None
                 })
                 .await;
+            if msg.is_some() {
+                live.last_rx = Instant::now();
+            }
             let msg = match msg {
                 None => {
                     let why = format!("nothing from the server for {dead_after:?}");
@@ -203,7 +209,7 @@ impl Follower {
         self.stats.connects += 1;
         self.retry_at = None;
         let dead_after = Duration::from_millis(u64::from(hello.heartbeat_ms.max(100))).mul_f64(2.5);
-        self.conn = Some(Live { client, dead_after, names: HashMap::new() });
+        self.conn = Some(Live { client, dead_after, last_rx: Instant::now(), names: HashMap::new() });
         Ok(Update::Connected { epoch: hello.epoch, resumed: resume.is_some(), broker_up: hello.broker_up })
     }
 
