@@ -82,7 +82,11 @@ fn half_open_connections_are_freed_by_the_server_and_noticed_by_the_clients() {
     let broker = Broker::start();
     let mut cfg = config(
         broker.port,
-        &format!("[heartbeat]\ninterval-ms = {}\ntimeout-ms = {}\n", scaled(interval_ms).as_millis(), scaled(timeout_ms).as_millis()),
+        &format!(
+            "[heartbeat]\ninterval-ms = {}\ntimeout-ms = {}\n",
+            scaled(interval_ms).as_millis(),
+            scaled(timeout_ms).as_millis()
+        ),
     );
     cfg.listen = SocketAddr::new(ns.host_ip, 0);
     let server = Server::start_linked(&cfg);
@@ -99,7 +103,9 @@ fn half_open_connections_are_freed_by_the_server_and_noticed_by_the_clients() {
         assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
         smol::block_on(async {
             let mut followers: Vec<Follower> = (0..CLIENTS)
-                .map(|_| Follower::new(&url, &["#"], Backoff { base: Duration::from_secs(5), cap: Duration::from_secs(5) }))
+                .map(|_| {
+                    Follower::new(&url, &["#"], Backoff { base: Duration::from_secs(5), cap: Duration::from_secs(5) })
+                })
                 .collect();
             for f in &mut followers {
                 loop {

@@ -116,6 +116,7 @@ pub struct Running {
     bridge_probe: Sender<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     bridge: Option<JoinHandle<()>>,
+    hub_thread: Option<JoinHandle<()>>,
     hub_done: Receiver<()>,
     ex: Arc<Executor<'static>>,
 }
@@ -212,6 +213,11 @@ impl Running {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // The hub ended when it closed the outboxes, unless it is wedged (a
+        // bug): then it is left behind rather than hang the shutdown.
+        if let Some(h) = self.hub_thread.take().filter(|h| h.is_finished()) {
+            let _ = h.join();
+        }
         // The bridge may sit in a connect attempt; it ends on its own, so only
         // wait for it briefly.
         if let Some(b) = self.bridge.take() {
@@ -273,13 +279,18 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
     });
     wedge_hook(&shared);
 
-    let ex = Arc::new(Executor::new());
-    ex.spawn(async move {
-        hub.run(hub_rx, bridge_rx).await;
+    // The hub has a thread of its own: its long-lived allocations (topic
+    // table, history ring, encoded events) then come from that thread's malloc
+    // arena, apart from the per-connection buffers the executor threads
+    // allocate and free, so memory freed when clients leave is not pinned
+    // between history entries and can go back to the system.
+    let hub_thread = std::thread::Builder::new().name("edgepush-hub".into()).spawn(move || {
+        smol::block_on(hub.run(hub_rx, bridge_rx));
         drop(hub_done_tx);
-    })
-    .detach();
+    })?;
+    let ex = Arc::new(Executor::new());
     ex.spawn(accept_loop(listener, shared.clone(), ex.clone(), stop_accept_rx)).detach();
+    ex.spawn(give_back_memory(metrics.clone())).detach();
 
     let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     let mut handles = Vec::with_capacity(n);
@@ -303,6 +314,7 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
         bridge_probe,
         threads: handles,
         bridge: Some(bridge),
+        hub_thread: Some(hub_thread),
         hub_done,
         ex,
     })
@@ -459,6 +471,47 @@ async fn handshake_phase(
     http::send(&mut stream, &answer).await;
     None
 }
+
+/// How often [`give_back_memory`] looks.
+const TRIM_CHECK: Duration = Duration::from_secs(10);
+/// Closed connections that make a trim worth it.
+const TRIM_AFTER_CLOSES: u64 = 256;
+
+/// Returns freed memory to the system after connections leave. glibc keeps
+/// freed chunks in its per-thread arenas, so after a crowd of dashboards
+/// disconnects the RSS would stay at its peak; on a small gateway that memory
+/// belongs to the rest of the device. Every 10 s: if 256 connections closed
+/// since the last trim, or any did and none are left, `malloc_trim(0)`.
+async fn give_back_memory(metrics: Arc<Metrics>) {
+    let closed = |m: &Metrics| m.accepted.load(Relaxed).saturating_sub(m.connections.load(Relaxed));
+    let mut at_last_trim = closed(&metrics);
+    loop {
+        Timer::after(TRIM_CHECK).await;
+        let now = closed(&metrics);
+        let since = now - at_last_trim.min(now);
+        if since >= TRIM_AFTER_CLOSES || (since > 0 && metrics.connections.load(Relaxed) == 0) {
+            at_last_trim = now;
+            trim();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    let started = Instant::now();
+    // SAFETY: mallinfo2 only reads the allocator's statistics; malloc_trim
+    // only releases free memory; both are safe to call at any time.
+    let (before, released) = unsafe { (libc::mallinfo2(), libc::malloc_trim(0)) };
+    debug!(
+        "malloc_trim: {} KiB in use, {} KiB free in the arenas; released={released} in {:?}",
+        before.uordblks / 1024,
+        before.fordblks / 1024,
+        started.elapsed()
+    );
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
 
 /// The WebSocket over an accepted socket.
 type Ws = WebSocketStream<Async<TcpStream>>;
