@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 # deadlines (never the assertions) stretch for emulation.
 export EDGEPUSH_TEST_RUNNER="$RUNNER"
 export EDGEPUSH_TEST_TIME_SCALE=${EDGEPUSH_TEST_TIME_SCALE:-8}
+# The storm and the soak, sized for an emulated CPU (the host run does 1,000 clients).
+export EDGEPUSH_TEST_SCALE_CLIENTS=${EDGEPUSH_TEST_SCALE_CLIENTS:-200}
+export EDGEPUSH_SOAK_SECS=${EDGEPUSH_SOAK_SECS:-45}
 
 # Gateway builds leave out the demo (and its embedded broker), and so do these tests.
 # The package test packages the host build; the ARM packages come from cross/deb.sh.
