@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::{Backoff, Client, Fate, Follower};
+use edgepush::client::{Backoff, Client, Fate, Follower, Update};
 use edgepush::protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
 use edgepush::rng::Rng;
 use smol::future::FutureExt as _;
@@ -20,14 +20,15 @@ fn quick_backoff() -> Backoff {
     Backoff { base: scaled(20), cap: scaled(200) }
 }
 
-/// Follows until told to stop churning and caught up with `target` (0: not yet known).
+/// Follows until told to stop churning and caught up with `target` (0: not
+/// yet known); sets `synced` once its first Subscribe answer is complete.
 async fn churn(
     mut f: Follower,
     seed: u64,
     churning: Arc<AtomicBool>,
     target: Arc<AtomicU64>,
-    short: Duration,
-    long: Duration,
+    (short, long): (Duration, Duration),
+    synced: Arc<AtomicBool>,
 ) -> Follower {
     let mut rng = Rng::new(seed);
     let gap = |rng: &mut Rng| Duration::from_millis(100 + (rng.next_f64() * 400.0) as u64);
@@ -41,7 +42,9 @@ async fn churn(
         }
         if !f.is_connected() {
             // A connect attempt (after the outage or backoff): never cut short.
-            let _ = f.next().await;
+            if let Update::Synced { .. } = f.next().await {
+                synced.store(true, Relaxed);
+            }
             continue;
         }
         // Connected: read, waking to cut the connection or look at the flags.
@@ -54,6 +57,9 @@ async fn churn(
                 None
             })
             .await;
+        if let Some(Update::Synced { .. }) = got {
+            synced.store(true, Relaxed);
+        }
         if got.is_none() && churn_on && Instant::now() >= next_cut {
             next_cut = Instant::now() + gap(&mut rng);
             // Short outages resume by Replay, long ones by Snapshot.
@@ -87,14 +93,15 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
 
     let churning = Arc::new(AtomicBool::new(true));
     let target = Arc::new(AtomicU64::new(0));
-    // The reference: connected throughout, never cut.
+    // The reference: connected throughout, never cut, subscribed before the first event.
+    let reference_synced = Arc::new(AtomicBool::new(false));
     let reference = ex.spawn(churn(
         Follower::new(&url, &["n/#"], quick_backoff()),
         1,
         Arc::new(AtomicBool::new(false)),
         target.clone(),
-        Duration::ZERO,
-        Duration::ZERO,
+        (Duration::ZERO, Duration::ZERO),
+        reference_synced.clone(),
     ));
     let flaky: Vec<_> = (0..6u64)
         .map(|i| {
@@ -103,11 +110,13 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
                 0x5eed + i,
                 churning.clone(),
                 target.clone(),
-                Duration::from_millis(60),
-                scaled(900),
+                (Duration::from_millis(60), scaled(900)),
+                Arc::new(AtomicBool::new(false)),
             ))
         })
         .collect();
+
+    wait_until(10_000, "the reference to subscribe", || reference_synced.load(Relaxed));
 
     // A numbered stream over 5 topics, with two broker restarts in it.
     let mut publisher = Publisher::connect(broker.port);
