@@ -31,7 +31,7 @@ async fn churn(
     synced: Arc<AtomicBool>,
 ) -> Follower {
     let mut rng = Rng::new(seed);
-    let gap = |rng: &mut Rng| Duration::from_millis(100 + (rng.next_f64() * 400.0) as u64);
+    let gap = |rng: &mut Rng| scaled(100 + (rng.next_f64() * 400.0) as u64);
     let mut next_cut = Instant::now() + gap(&mut rng);
     loop {
         let t = target.load(Relaxed);
@@ -110,7 +110,7 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
                 0x5eed + i,
                 churning.clone(),
                 target.clone(),
-                (Duration::from_millis(60), scaled(900)),
+                (scaled(60), scaled(900)),
                 Arc::new(AtomicBool::new(false)),
             ))
         })
@@ -129,7 +129,9 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
             let topic = format!("n/{}", k % 5);
             publisher.publish(&topic, k.to_string());
             log.push((topic, k));
-            std::thread::sleep(Duration::from_millis(3));
+            // Paced in the test's time scale, so that emulated runs see the
+            // same history span relative to their reconnect times.
+            std::thread::sleep(scaled(3));
         }
         publisher.flush();
         let n = log.len() as u64;
