@@ -20,6 +20,8 @@
 //! client of the protocol), [`systemd`] (sd_notify, watchdog, socket
 //! activation) and [`logging`] (journald priorities).
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod board;
 pub mod client;
 pub mod config;

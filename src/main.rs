@@ -20,6 +20,7 @@ USAGE:
     edgepush check-config [--config FILE] [--board NAME]
     edgepush watch URL [FILTER...]
     edgepush demo [--listen ADDR] [--broker HOST:PORT]
+    edgepush bench [OPTIONS]   (edgepush bench --help)
     edgepush --help | --version
 
 COMMANDS:
@@ -31,6 +32,9 @@ COMMANDS:
     demo          The whole pipeline on one machine: an embedded MQTT broker (or
                   --broker), a simulated sensor fleet, and the server with its
                   dashboard on 127.0.0.1:8080 (or --listen). Not in gateway builds.
+    bench         The load tool: edgepush against mosquitto's WebSocket listener
+                  (or servers you name): delivery, latency, RSS, CPU. Not in
+                  gateway builds.
 
 EXIT CODES:
     0 success, 1 runtime failure, 3 watch refused (the HTTP status is printed),
@@ -254,6 +258,29 @@ fn demo(args: &[String]) -> Result<ExitCode, String> {
     Ok(code)
 }
 
+#[cfg(feature = "bench")]
+fn bench(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", edgepush::bench::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let o = match edgepush::bench::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("edgepush bench: {e}\n\n{}", edgepush::bench::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    edgepush::logging::init(log::LevelFilter::Warn);
+    match edgepush::bench::run(&o) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgepush bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check_config(o: &Opts) -> ExitCode {
     match load(o) {
         Ok(cfg) => {
@@ -311,6 +338,8 @@ fn main() -> ExitCode {
         "watch" => return watch(rest),
         #[cfg(feature = "demo")]
         "demo" => demo(rest),
+        #[cfg(feature = "bench")]
+        "bench" => return bench(rest),
         other => Err(format!("unknown command {other:?}")),
     };
     result.unwrap_or_else(|e| {

@@ -155,8 +155,9 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
     notify.expect("READY=1", 10_000);
     let refused = d.wait_log("reload refused", 5_000);
     assert!(refused.starts_with("<3>"), "an error-priority line: {refused}");
-    let log = d.lines().join("\n");
-    assert!(log.contains("limits.max-connections") && log.contains("limits.bogus"), "{log}");
+    // One line per problem follows the summary line; each names its key.
+    d.wait_log("limits.max-connections", 5_000);
+    d.wait_log("limits.bogus", 5_000);
     let _fourth = block_on_timeout(10_000, "a fourth client", connect(&url)).expect("cap 4 still in force");
     let fifth = block_on_timeout(10_000, "a fifth client", connect(&url));
     assert!(matches!(fifth, Err(ClientError::Refused { status: 503, .. })), "cap 4: {:?}", fifth.err());

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod http;
 pub mod session;
+pub mod socket;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -513,8 +514,7 @@ fn trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
 
-/// The WebSocket over an accepted socket.
-type Ws = WebSocketStream<Async<TcpStream>>;
+use socket::{Socket, Ws};
 
 /// Answers 101 and wraps the socket, with any bytes the client sent after its head.
 async fn upgraded(
@@ -530,7 +530,9 @@ async fn upgraded(
     stream.write_all(&http::switching_protocols(upgrade)).await.ok()?;
     let rest = buf.split_off(head_len);
     drop(buf);
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(live.session.websocket())).await;
+    let ws =
+        WebSocketStream::from_partially_read(Socket::new(stream), rest, Role::Server, Some(live.session.websocket()))
+            .await;
     Some((ws, slot))
 }
 

@@ -4,7 +4,7 @@
 //! a slow write never stops the reader from seeing a pong or a close.
 
 use std::future::poll_fn;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -14,11 +14,10 @@ use async_channel::Sender;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::WebSocketStream;
 use futures_sink::Sink;
 use log::{debug, info};
 use smol::stream::Stream;
-use smol::{Async, Timer};
+use smol::Timer;
 
 use crate::heartbeat::{Due, Heartbeat};
 use crate::hub::{now_ms, HubCmd, Permissions};
@@ -84,7 +83,7 @@ enum End {
     Dead,
 }
 
-type Ws = WebSocketStream<Async<TcpStream>>;
+use super::socket::Ws;
 
 impl Session {
     /// Runs the connection to its end.
