@@ -42,6 +42,11 @@ impl Heartbeat {
     }
 
     /// Any pong received after the ping was sent answers it.
+    /// Nothing was sent for an interval: a Heartbeat message is due.
+    pub fn heartbeat_due(&self, now: Instant) -> bool {
+        now >= self.last_sent + self.interval
+    }
+
     pub fn pong(&mut self) {
         self.ping_out = None;
     }
@@ -55,7 +60,7 @@ impl Heartbeat {
             return Due::Ping;
         }
         let heartbeat_at = self.last_sent + self.interval;
-        if now >= heartbeat_at {
+        if self.heartbeat_due(now) {
             return Due::Heartbeat;
         }
         let ping_at = match self.ping_out {
@@ -78,6 +83,7 @@ mod tests {
         let mut h = Heartbeat::new(t0, 15 * S, 10 * S);
         assert_eq!(h.poll(t0), Due::Idle(t0 + 15 * S));
         assert_eq!(h.poll(t0 + 15 * S), Due::Ping);
+        assert!(h.heartbeat_due(t0 + 15 * S), "sent with the ping, in one write");
         h.ping_sent(t0 + 15 * S);
         assert_eq!(h.poll(t0 + 15 * S), Due::Heartbeat);
         h.sent(t0 + 15 * S);

