@@ -5,6 +5,7 @@ pub mod admission;
 pub mod http;
 pub mod session;
 pub mod socket;
+pub mod ticker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

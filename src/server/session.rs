@@ -26,6 +26,7 @@ use crate::outbox::{Outbox, Take};
 use crate::protocol::{ClientMsg, ServerMsg};
 
 use super::admission::Slot;
+use super::ticker::Ticker;
 
 /// Most bytes packed into one outgoing WebSocket message.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
@@ -127,13 +128,12 @@ impl Session {
         let mut hb = Heartbeat::new(Instant::now(), cfg.heartbeat_interval, cfg.heartbeat_timeout);
         let mut writing = false;
         let mut frame: Vec<u8> = Vec::new();
-        let mut timer = Timer::never();
-        // When the timer is set to fire. Every send moves the heartbeat
-        // deadline later; re-arming on each would cost a reactor timer removal,
-        // an insertion and a wakeup of the reactor per delivered event (6 % of
-        // the server's CPU at 1,000 clients). An earlier deadline is armed at
-        // once; a later one waits until the armed one fires, which is early
-        // and harmless: the loop finds nothing due and arms the next.
+        // When this session is due to be woken by the shared timer wheel.
+        // Every send moves the heartbeat deadline later; re-arming on each
+        // would cost a wheel entry per delivered event. An earlier deadline is
+        // armed at once; a later one waits until the armed one fires, which is
+        // early and harmless: the loop finds nothing due and arms the next.
+        let ticker = Ticker::get();
         let mut armed: Option<Instant> = None;
         loop {
             // What is due now, and when to wake for the next thing.
@@ -183,10 +183,6 @@ impl Session {
                 }
                 wake_at = wake_at.min(evict_at);
             }
-            if armed.is_none_or(|at| wake_at < at) {
-                timer.set_at(wake_at);
-                armed = Some(wake_at);
-            }
 
             let reading = outbox.accepts_requests();
             let behind = outbox.behind_since().is_some();
@@ -216,8 +212,12 @@ impl Session {
                         return Poll::Ready(Step::Take(t));
                     }
                 }
-                if Pin::new(&mut timer).poll_next(cx).is_ready() {
+                if Instant::now() >= wake_at {
                     return Poll::Ready(Step::Timer);
+                }
+                if armed.is_none_or(|at| wake_at < at) {
+                    ticker.wake_at(wake_at, cx.waker());
+                    armed = Some(wake_at);
                 }
                 Poll::Pending
             })

@@ -129,6 +129,11 @@ impl Broker {
         b
     }
 
+    /// The mosquitto process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGHUP: mosquitto re-reads its config and password file.
     pub fn reload(&self) {
         let pid = self.child.as_ref().expect("running").id();
