@@ -18,7 +18,8 @@
 //! [`outbox`] and [`heartbeat`] (per-connection logic without I/O),
 //! [`server`] (listener, HTTP, sessions), [`metrics`], [`client`] (a Rust
 //! client of the protocol), [`systemd`] (sd_notify, watchdog, socket
-//! activation) and [`logging`] (journald priorities).
+//! activation) and [`logging`] (journald priorities); `bench` (feature
+//! `bench`) is the load tool behind `edgepush bench`.
 
 #[cfg(feature = "bench")]
 pub mod bench;

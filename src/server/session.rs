@@ -212,8 +212,13 @@ impl Session {
                         return Poll::Ready(Step::Take(t));
                     }
                 }
-                if Instant::now() >= wake_at {
+                let now = Instant::now();
+                if now >= wake_at {
                     return Poll::Ready(Step::Timer);
+                }
+                if armed.is_some_and(|at| now >= at) {
+                    // The armed slot has come (this may be its wake-up): arm the next.
+                    armed = None;
                 }
                 if armed.is_none_or(|at| wake_at < at) {
                     ticker.wake_at(wake_at, cx.waker());
@@ -224,11 +229,7 @@ impl Session {
             .await;
 
             match step {
-                Step::Timer => {
-                    if armed.is_some_and(|at| Instant::now() >= at) {
-                        armed = None;
-                    }
-                }
+                Step::Timer => {}
                 Step::Written(Ok(())) => writing = false,
                 Step::Written(Err(e)) => return self.failed(e),
                 Step::Take(Take::Close(code)) => return End::Close(code, "server shutting down"),

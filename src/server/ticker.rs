@@ -81,7 +81,10 @@ impl Ticker {
                 slots = self.earlier.wait_timeout(slots, at - now).unwrap_or_else(|e| e.into_inner()).0;
                 continue;
             }
-            let later = slots.split_off(&(self.slot(now) + 1));
+            // Due: every slot whose time has come (never one still ahead, or a
+            // session would wake before its deadline and not re-arm).
+            let passed = now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos();
+            let later = slots.split_off(&(passed as u64 + 1));
             let due = std::mem::replace(&mut *slots, later);
             drop(slots);
             for w in due.into_values().flatten() {
@@ -115,6 +118,43 @@ mod tests {
         assert_eq!(t.slot(t.start + TICK), 1);
         assert!(t.slot_time(t.slot(t.start + TICK * 7 / 2)) >= t.start + TICK * 7 / 2);
         assert_eq!(t.slot(t.start - Duration::from_millis(1)), 0, "the past is due at once");
+    }
+
+    struct Deadline {
+        at: Instant,
+        woke: Mutex<Option<Instant>>,
+    }
+
+    impl Wake for Deadline {
+        fn wake(self: Arc<Self>) {
+            *self.woke.lock().unwrap() = Some(Instant::now());
+        }
+    }
+
+    #[test]
+    fn never_wakes_before_the_deadline_and_at_most_a_tick_or_so_after() {
+        let t = Ticker::get();
+        let start = Instant::now();
+        let all: Vec<Arc<Deadline>> = (0..60u32)
+            .map(|k| {
+                let d = Arc::new(Deadline {
+                    at: start + Duration::from_micros(3_100 + 7_300 * u64::from(k)),
+                    woke: Mutex::new(None),
+                });
+                t.wake_at(d.at, &Waker::from(d.clone()));
+                d
+            })
+            .collect();
+        for d in &all {
+            let woke = loop {
+                if let Some(w) = *d.woke.lock().unwrap() {
+                    break w;
+                }
+                assert!(start.elapsed() < Duration::from_secs(10), "never woken");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert!(woke >= d.at, "woken {:?} early", d.at - woke);
+        }
     }
 
     #[test]
