@@ -81,7 +81,10 @@ fn bench_against_named_servers_measures_both_protocols() {
         assert_eq!(idle.len(), 1, "{target}");
         assert!(idle[0]["connect_per_s"].as_f64().unwrap() > 0.0, "{}", idle[0]);
         assert!(idle[0]["rss_per_conn_kib"].as_f64().is_some(), "RSS from the PID given: {}", idle[0]);
-        assert!(find(&records, target, "common")[0]["server_cpu_s_per_100k"].as_f64().unwrap() > 0.0);
+        // /proc/PID/stat counts CPU in 10 ms ticks, and a quick step on a fast machine can
+        // cost the server less than one: zero is a measurement, a missing figure is not.
+        let cpu = find(&records, target, "common")[0]["server_cpu_s_per_100k"].as_f64();
+        assert!(cpu.is_some_and(|c| c.is_finite() && c >= 0.0), "{target}: CPU from the PID given: {cpu:?}");
     }
     // The summary table with the ratio column goes to stderr when JSON takes stdout.
     assert!(stderr.contains("medians of 1 run(s)") && stderr.contains("ratio"), "{stderr}");
