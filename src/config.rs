@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml::{Table, Value as Toml};
 
@@ -46,7 +46,18 @@ pub struct Config {
     pub limits: Limits,
     pub heartbeat: Heartbeat,
     pub auth: Auth,
+    /// `[tls]`: serve HTTPS and wss instead of HTTP and ws.
+    pub tls: Option<Tls>,
     pub log: Log,
+}
+
+/// `[tls]`: PEM files, read at start and on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[mqtt]`: the broker link.
@@ -81,6 +92,13 @@ pub struct Limits {
     pub history: usize,
     pub handshake_timeout_ms: u64,
     pub max_header_bytes: usize,
+    /// Token bucket on each connection's client messages: refill rate...
+    pub messages_per_second: u32,
+    /// ...and size. Past it: close 1008.
+    pub burst: u32,
+    /// New `/ws` connections per second from one address (a bucket holding
+    /// one second's worth). Past it: 429.
+    pub connections_per_second_per_ip: u32,
 }
 
 /// `[heartbeat]`.
@@ -93,7 +111,11 @@ pub struct Heartbeat {
 /// How connections are authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
-    /// Every connection gets `[auth] subscribe` / `publish`.
+    /// A `/ws` request must present one of `[[auth.tokens]]` (401 otherwise)
+    /// and gets that token's scopes. The default; it needs at least one token.
+    Tokens,
+    /// Every connection gets `[auth] subscribe` / `publish`; credentials are
+    /// ignored. Only when set explicitly, and logged as a warning at start.
     None,
 }
 
@@ -101,8 +123,51 @@ pub enum AuthMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Auth {
     pub mode: AuthMode,
+    /// The permissions of every connection with `mode = "none"`.
     pub subscribe: Vec<String>,
     pub publish: Vec<String>,
+    pub tokens: Vec<Token>,
+    /// Origins a browser may connect from (`scheme://host[:port]`, or `*`).
+    /// None: only an Origin whose host and port are the request's Host.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// One `[[auth.tokens]]` entry: the token's SHA-256, never the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("sha256", &"<redacted>")
+            .field("subscribe", &self.subscribe)
+            .field("publish", &self.publish)
+            .finish()
+    }
+}
+
+/// Lowercase hex of a SHA-256 digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 /// `[log]`.
@@ -139,9 +204,19 @@ impl Default for Config {
                 history: 4096,
                 handshake_timeout_ms: 5000,
                 max_header_bytes: 8192,
+                messages_per_second: 50,
+                burst: 200,
+                connections_per_second_per_ip: 20,
             },
             heartbeat: Heartbeat { interval_ms: 15_000, timeout_ms: 10_000 },
-            auth: Auth { mode: AuthMode::None, subscribe: vec!["#".into()], publish: vec![] },
+            auth: Auth {
+                mode: AuthMode::Tokens,
+                subscribe: vec!["#".into()],
+                publish: vec![],
+                tokens: vec![],
+                allowed_origins: None,
+            },
+            tls: None,
             log: Log { level: log::LevelFilter::Info },
         }
     }
@@ -287,13 +362,47 @@ impl Config {
         if self.mqtt != new.mqtt {
             keys.push("[mqtt]");
         }
+        if self.tls.is_some() != new.tls.is_some() {
+            keys.push("[tls] on or off");
+        }
         keys
     }
 
     /// `new` as it applies on a reload: everything but the parts that take a
     /// restart, which stay as they run.
     pub fn reloaded(&self, new: Config) -> Config {
-        Config { listen: self.listen, mqtt: self.mqtt.clone(), ..new }
+        let tls = if self.tls.is_some() == new.tls.is_some() { new.tls.clone() } else { self.tls.clone() };
+        Config { listen: self.listen, mqtt: self.mqtt.clone(), tls, ..new }
+    }
+
+    /// What a valid config does that an operator should know: logged as
+    /// warnings at start and on reload, and printed by `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let a = &self.auth;
+        match a.mode {
+            AuthMode::None => w.push(format!(
+                "auth.mode = \"none\": every client may subscribe to {:?} and publish to {:?} without a token",
+                a.subscribe, a.publish
+            )),
+            AuthMode::Tokens if a.tokens.is_empty() => w.push(
+                "auth: no [[auth.tokens]] configured, so every /ws request is refused with 401; add tokens \
+                 (`edgepush hash-token` makes their sha256) or set [auth] mode = \"none\""
+                    .into(),
+            ),
+            AuthMode::Tokens => {}
+        }
+        if a.allowed_origins.as_ref().is_some_and(|o| o.iter().any(|o| o == "*")) {
+            w.push(
+                "auth.allowed-origins = [\"*\"]: a web page on any site the user visits may connect \
+                 (cross-site WebSocket hijacking)"
+                    .into(),
+            );
+        }
+        if self.tls.is_none() && a.mode == AuthMode::Tokens && !self.listen.ip().is_loopback() {
+            w.push("no [tls]: tokens travel in clear text on the LAN".into());
+        }
+        w
     }
 
     /// The effective config as TOML, with secrets redacted.
@@ -331,6 +440,9 @@ impl Config {
             ("history", l.history as u64),
             ("handshake-timeout-ms", l.handshake_timeout_ms),
             ("max-header-bytes", l.max_header_bytes as u64),
+            ("messages-per-second", u64::from(l.messages_per_second)),
+            ("burst", u64::from(l.burst)),
+            ("connections-per-second-per-ip", u64::from(l.connections_per_second_per_ip)),
         ] {
             limits.insert(k.into(), int(v));
         }
@@ -340,10 +452,31 @@ impl Config {
         hb.insert("timeout-ms".into(), int(self.heartbeat.timeout_ms));
         root.insert("heartbeat".into(), hb.into());
         let mut auth = Table::new();
-        auth.insert("mode".into(), "none".into());
-        auth.insert("subscribe".into(), strings(&self.auth.subscribe));
-        auth.insert("publish".into(), strings(&self.auth.publish));
+        let a = &self.auth;
+        auth.insert("mode".into(), if a.mode == AuthMode::None { "none" } else { "tokens" }.into());
+        auth.insert("subscribe".into(), strings(&a.subscribe));
+        auth.insert("publish".into(), strings(&a.publish));
+        if let Some(o) = &a.allowed_origins {
+            auth.insert("allowed-origins".into(), strings(o));
+        }
+        if !a.tokens.is_empty() {
+            let tokens = a.tokens.iter().map(|t| {
+                let mut e = Table::new();
+                e.insert("name".into(), t.name.clone().into());
+                e.insert("sha256".into(), "<redacted>".into());
+                e.insert("subscribe".into(), strings(&t.subscribe));
+                e.insert("publish".into(), strings(&t.publish));
+                Toml::Table(e)
+            });
+            auth.insert("tokens".into(), Toml::Array(tokens.collect()));
+        }
         root.insert("auth".into(), auth.into());
+        if let Some(t) = &self.tls {
+            let mut tls = Table::new();
+            tls.insert("cert".into(), t.cert.display().to_string().into());
+            tls.insert("key".into(), t.key.display().to_string().into());
+            root.insert("tls".into(), tls.into());
+        }
         let mut log = Table::new();
         log.insert("level".into(), self.log.level.to_string().to_lowercase().into());
         root.insert("log".into(), log.into());
@@ -453,6 +586,74 @@ impl<'a> Section<'a> {
         *slot = out;
     }
 
+    /// `allowed-origins`: `*`, or origins such as `https://dash.lan:8443`.
+    fn origins(&mut self, slot: &mut Option<Vec<String>>) {
+        let k = "allowed-origins";
+        let Some(v) = self.table.remove(k) else { return };
+        let Toml::Array(items) = v else {
+            return self
+                .bad(k, format!("must be a list of origins such as \"https://dash.lan:8443\", got {}", show(&v)));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Toml::String(o) if o == "*" => out.push(o),
+                Toml::String(o) => match crate::origin::normalize(&o) {
+                    Some(n) => out.push(n),
+                    None => self.bad(
+                        &format!("{k}[{i}]"),
+                        format!("must be \"*\" or scheme://host[:port] with scheme http or https, got {o:?}"),
+                    ),
+                },
+                other => self.bad(&format!("{k}[{i}]"), format!("must be a string, got {}", show(&other))),
+            }
+        }
+        *slot = Some(out);
+    }
+
+    /// `[[auth.tokens]]`.
+    fn tokens(&mut self, slot: &mut Vec<Token>) {
+        let Some(v) = self.table.remove("tokens") else { return };
+        let Toml::Array(items) = v else {
+            return self.bad("tokens", format!("must be an array of tables ([[auth.tokens]]), got {}", show(&v)));
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let key = format!("{}.tokens[{i}]", self.name);
+            let Toml::Table(table) = item else {
+                self.problems.push(problem(&key, format!("must be a table, got {}", show(&item))));
+                continue;
+            };
+            let before = self.problems.len();
+            let mut s = Section { name: "", table, problems: self.problems };
+            let mut t = Token { name: String::new(), sha256: [0; 32], subscribe: vec![], publish: vec![] };
+            let mut sha = None;
+            s.string("name", &mut t.name);
+            s.opt_string("sha256", &mut sha);
+            s.filters("subscribe", true, &mut t.subscribe);
+            s.filters("publish", true, &mut t.publish);
+            if t.name.is_empty() {
+                s.bad("name", "is required: a name for logs and metrics".into());
+            }
+            match sha.as_deref().map(|h| (h, unhex32(h))) {
+                None => s.bad("sha256", "is required: the token's SHA-256 in hex (`edgepush hash-token`)".into()),
+                Some((_, Some(h))) => t.sha256 = h,
+                Some((h, None)) => s.bad("sha256", format!("must be 64 hex digits, got {} characters", h.len())),
+            }
+            s.finish();
+            // The entry's own keys are named under its index.
+            for p in &mut self.problems[before..] {
+                p.key = format!("{key}.{}", p.key);
+            }
+            if slot.iter().any(|o| o.name == t.name && !t.name.is_empty()) {
+                self.problems.push(problem(&format!("{key}.name"), format!("{:?} is used twice", t.name)));
+            }
+            if slot.iter().any(|o| o.sha256 == t.sha256) && sha.is_some() {
+                self.problems.push(problem(&format!("{key}.sha256"), "is the same as another token's".to_string()));
+            }
+            slot.push(t);
+        }
+    }
+
     fn sub(&mut self, k: &'static str) -> Section<'_> {
         let table = match self.table.remove(k) {
             None => Table::new(),
@@ -519,6 +720,9 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
         s.int("history", 0, 1 << 24, &mut l.history);
         s.int("handshake-timeout-ms", 1, MAX_MS, &mut l.handshake_timeout_ms);
         s.int("max-header-bytes", 256, 1 << 20, &mut l.max_header_bytes);
+        s.int("messages-per-second", 1, 1_000_000, &mut l.messages_per_second);
+        s.int("burst", 1, 1_000_000, &mut l.burst);
+        s.int("connections-per-second-per-ip", 1, 1_000_000, &mut l.connections_per_second_per_ip);
         s.finish();
     }
     {
@@ -532,11 +736,37 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
         let mut mode = None;
         s.opt_string("mode", &mut mode);
         match mode.as_deref() {
-            None | Some("none") => cfg.auth.mode = AuthMode::None,
-            Some(other) => s.bad("mode", format!("must be \"none\" (token auth is not built yet), got {other:?}")),
+            None => {}
+            Some("none") => cfg.auth.mode = AuthMode::None,
+            Some("tokens") => cfg.auth.mode = AuthMode::Tokens,
+            Some(other) => s.bad("mode", format!("must be \"tokens\" or \"none\", got {other:?}")),
         }
         s.filters("subscribe", true, &mut cfg.auth.subscribe);
         s.filters("publish", true, &mut cfg.auth.publish);
+        s.origins(&mut cfg.auth.allowed_origins);
+        s.tokens(&mut cfg.auth.tokens);
+        s.finish();
+    }
+    if let Some(v) = root.table.remove("tls") {
+        let Toml::Table(table) = v else {
+            return root.bad("tls", format!("must be a table, got {}", show(&v)));
+        };
+        let mut s = Section { name: "tls", table, problems: root.problems };
+        let (mut cert, mut key) = (None, None);
+        s.opt_string("cert", &mut cert);
+        s.opt_string("key", &mut key);
+        for (k, v) in [("cert", &cert), ("key", &key)] {
+            if v.is_none() {
+                s.bad(k, "is required: a PEM file".into());
+            }
+        }
+        if let (Some(cert), Some(key)) = (cert, key) {
+            let tls = Tls { cert: cert.into(), key: key.into() };
+            match crate::tls::server_config(&tls) {
+                Ok(_) => cfg.tls = Some(tls),
+                Err((k, reason)) => s.bad(k, reason),
+            }
+        }
         s.finish();
     }
     {
@@ -615,14 +845,21 @@ fn validate(cfg: &Config, problems: &mut Vec<Problem>) {
 mod tests {
     use super::*;
 
+    /// Open access said explicitly, as a config without tokens must.
+    const OPEN: &str = "\n[auth]\nmode = \"none\"\n";
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!("{text}{OPEN}"), "t.toml", None)
+    }
+
     fn err(text: &str) -> Vec<(String, String)> {
-        let e = Config::from_toml(text, "t.toml", None).unwrap_err();
+        let e = load(text).unwrap_err();
         e.problems.into_iter().map(|p| (p.key, p.reason)).collect()
     }
 
     #[test]
     fn empty_file_gives_the_generic_board_defaults() {
-        let c = Config::from_toml("", "t", None).unwrap();
+        let c = load("").unwrap();
         assert_eq!(c.board, "generic");
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.limits.max_connections, 1024);
@@ -634,7 +871,7 @@ mod tests {
 
     #[test]
     fn file_keys_override_the_board() {
-        let c = Config::from_toml("[limits]\nmax-connections = 10\nmax-connections-per-ip = 2\n", "t", None).unwrap();
+        let c = load("[limits]\nmax-connections = 10\nmax-connections-per-ip = 2\n").unwrap();
         assert_eq!(c.limits.max_connections, 10);
         assert_eq!(c.limits.history, 4096);
     }
@@ -695,6 +932,55 @@ mod tests {
     }
 
     #[test]
+    fn tokens_by_default_open_access_only_when_said_and_tokens_are_checked() {
+        let c = Config::from_toml("", "t", None).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Tokens, "no tokens and no mode: every /ws request is refused");
+        assert!(c.warnings().iter().any(|w| w.contains("401")), "{:?}", c.warnings());
+        let open = load("").unwrap();
+        assert_eq!(open.auth.mode, AuthMode::None);
+        assert!(open.warnings().iter().any(|w| w.contains("without a token")), "{:?}", open.warnings());
+        let hash = hex(&crate::auth::sha256(b"t0ken"));
+        let good = format!(
+            "[auth]\nallowed-origins = [\"HTTPS://Dash.lan\"]\n[[auth.tokens]]\nname = \"wall\"\nsha256 = \"{hash}\"\nsubscribe = [\"sensors/#\"]\n"
+        );
+        let c = Config::from_toml(&good, "t", None).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Tokens, "the default once tokens exist");
+        assert_eq!(c.auth.tokens[0].subscribe, vec!["sensors/#".to_string()]);
+        assert!(c.auth.tokens[0].publish.is_empty(), "publish defaults to none");
+        assert_eq!(c.auth.allowed_origins, Some(vec!["https://dash.lan:443".to_string()]));
+        // Neither the hash nor anything like it prints.
+        assert!(!format!("{c:?}").contains(&hash[..16]));
+        assert!(!c.to_toml_redacted().contains(&hash[..16]));
+        let p = Config::from_toml(&format!(
+            "[auth]\nmode = \"open\"\nallowed-origins = [\"evil\", 3]\n[[auth.tokens]]\nsha256 = \"abc\"\npublish = [\"a/#/b\"]\n\
+             [[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\ncolour = 1\n[[auth.tokens]]\nname = \"x\"\nsha256 = \"{hash}\"\n"
+        ), "t", None)
+        .unwrap_err()
+        .problems
+        .into_iter()
+        .map(|p| p.key)
+        .collect::<Vec<_>>();
+        for k in [
+            "auth.mode",
+            "auth.allowed-origins[0]",
+            "auth.allowed-origins[1]",
+            "auth.tokens[0].name",
+            "auth.tokens[0].sha256",
+            "auth.tokens[0].publish[0]",
+            "auth.tokens[1].colour",
+            "auth.tokens[2].name",
+            "auth.tokens[2].sha256",
+        ] {
+            assert!(p.iter().any(|x| x == k), "{k} missing from {p:?}");
+        }
+        let p = err("[tls]\ncert = \"/nonexistent/cert.pem\"\n");
+        assert_eq!(p[0].0, "tls.key");
+        let p = err("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
+        assert_eq!(p[0].0, "tls.cert");
+        assert!(p[0].1.contains("/nonexistent/cert.pem"), "{p:?}");
+    }
+
+    #[test]
     fn invalid_toml_is_one_clear_problem() {
         let e = Config::from_toml("[limits\n", "t.toml", None).unwrap_err();
         assert_eq!(e.problems.len(), 1);
@@ -703,7 +989,7 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let c = Config::from_toml("[mqtt]\nusername = \"u\"\npassword = \"hunter2\"\n", "t", None).unwrap();
+        let c = load("[mqtt]\nusername = \"u\"\npassword = \"hunter2\"\n").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         let out = c.to_toml_redacted();
         assert!(!out.contains("hunter2") && out.contains("<redacted>"), "{out}");
@@ -731,7 +1017,7 @@ mod tests {
             assert!(["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf", "x86_64-unknown-linux-gnu"]
                 .contains(&board.target.as_str()));
             // A config naming the board gets its limits.
-            let named = Config::from_toml(&format!("board = \"{name}\""), "t", None).unwrap();
+            let named = load(&format!("board = \"{name}\"")).unwrap();
             assert_eq!(named.limits, cfg.limits);
         }
     }

@@ -41,12 +41,12 @@ impl Heartbeat {
         self.next_ping = now + self.interval;
     }
 
-    /// Any pong received after the ping was sent answers it.
     /// Nothing was sent for an interval: a Heartbeat message is due.
     pub fn heartbeat_due(&self, now: Instant) -> bool {
         now >= self.last_sent + self.interval
     }
 
+    /// Any pong received after the ping was sent answers it.
     pub fn pong(&mut self) {
         self.ping_out = None;
     }

@@ -21,6 +21,7 @@
 //! activation) and [`logging`] (journald priorities); `bench` (feature
 //! `bench`) is the load tool behind `edgepush bench`.
 
+pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod board;
@@ -28,15 +29,20 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod heartbeat;
 pub mod hub;
+pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod origin;
 pub mod outbox;
 pub mod protocol;
 pub mod rng;
 pub mod server;
 pub mod systemd;
+pub mod tls;
 pub mod topic;
 pub mod value;

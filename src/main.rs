@@ -18,6 +18,7 @@ edgepush: push MQTT sensor events to WebSocket dashboards
 USAGE:
     edgepush run [--config FILE] [--board NAME]
     edgepush check-config [--config FILE] [--board NAME]
+    edgepush hash-token < TOKEN
     edgepush watch URL [FILTER...]
     edgepush demo [--listen ADDR] [--broker HOST:PORT]
     edgepush bench [OPTIONS]   (edgepush bench --help)
@@ -27,8 +28,11 @@ COMMANDS:
     run           Serve: subscribe to the MQTT broker, push events over /ws.
                   Without --config, the board's defaults are used.
     check-config  Validate the config and print the effective one (secrets redacted).
+    hash-token    Read a token from stdin (one line) and print its SHA-256 in hex,
+                  for the sha256 of an [[auth.tokens]] entry.
     watch         Connect to a server (ws://HOST:PORT/ws) and print one line per
-                  event: `topic seq value`. Filters default to '#'.
+                  event: `topic seq value`. Filters default to '#'. A token is
+                  taken from the EDGEPUSH_TOKEN environment variable.
     demo          The whole pipeline on one machine: an embedded MQTT broker (or
                   --broker), a simulated sensor fleet, and the server with its
                   dashboard on 127.0.0.1:8080 (or --listen). Not in gateway builds.
@@ -184,9 +188,12 @@ fn reload_config(current: Config, new: Result<Config, ConfigError>, running: &ed
                 );
             }
             let next = current.reloaded(new);
-            running.reload(&next);
+            if let Err(e) = running.reload(&next) {
+                log::error!("reload refused, the running config stays in force: {e}");
+                return current;
+            }
             edgepush::logging::set_level(next.log.level);
-            log::info!("reload: config applied (limits, heartbeat, auth, log level)");
+            log::info!("reload: config applied (limits, heartbeat, auth, origins, TLS certificate, log level)");
             next
         }
     }
@@ -236,7 +243,7 @@ fn demo(args: &[String]) -> Result<ExitCode, String> {
             ("127.0.0.1".to_owned(), port)
         }
     };
-    let mut cfg = Config::from_toml("", "demo", None).map_err(|e| e.to_string())?;
+    let mut cfg = Config::from_toml("[auth]\nmode = \"none\"\n", "demo", None).map_err(|e| e.to_string())?;
     cfg.listen = listen;
     cfg.mqtt.host = host.clone();
     cfg.mqtt.port = port;
@@ -284,6 +291,9 @@ fn bench(args: &[String]) -> ExitCode {
 fn check_config(o: &Opts) -> ExitCode {
     match load(o) {
         Ok(cfg) => {
+            for w in cfg.warnings() {
+                eprintln!("edgepush: warning: {w}");
+            }
             print!("{}", cfg.to_toml_redacted());
             ExitCode::SUCCESS
         }
@@ -301,7 +311,12 @@ fn watch(args: &[String]) -> ExitCode {
     };
     let filters: Vec<&str> = if args.len() > 1 { args[1..].iter().map(String::as_str).collect() } else { vec!["#"] };
     edgepush::logging::init(log::LevelFilter::Warn);
-    match smol::block_on(edgepush::client::watch(url, &filters)) {
+    // From the environment, not the command line, where `ps` would show it.
+    let url = match std::env::var("EDGEPUSH_TOKEN") {
+        Ok(token) if !token.is_empty() => edgepush::client::with_token(url, &token),
+        _ => url.clone(),
+    };
+    match smol::block_on(edgepush::client::watch(&url, &filters)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ edgepush::client::ClientError::Refused { .. }) => {
             eprintln!("edgepush watch: {e}");
@@ -312,6 +327,31 @@ fn watch(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `edgepush hash-token`: the token from stdin (one line; its line end is
+/// not part of it), its SHA-256 in hex on stdout. The token is never echoed.
+fn hash_token(args: &[String]) -> ExitCode {
+    if let Some(a) = args.first() {
+        eprintln!("edgepush hash-token: takes no arguments (got {a:?}); the token is read from stdin");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("edgepush hash-token: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let token = line.strip_suffix('\n').unwrap_or(&line);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.trim().is_empty() {
+        eprintln!("edgepush hash-token: the token on stdin is empty");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if token.len() < 16 {
+        eprintln!("edgepush hash-token: warning: a token of {} characters is easy to guess; use 16 or more random ones (e.g. from `head -c 24 /dev/urandom | base64`)", token.len());
+    }
+    println!("{}", edgepush::config::hex(&edgepush::auth::sha256(token.as_bytes())));
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -336,6 +376,7 @@ fn main() -> ExitCode {
         "run" => opts(rest).map(|o| run(&o)),
         "check-config" => opts(rest).map(|o| check_config(&o)),
         "watch" => return watch(rest),
+        "hash-token" => return hash_token(rest),
         #[cfg(feature = "demo")]
         "demo" => demo(rest),
         #[cfg(feature = "bench")]

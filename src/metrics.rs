@@ -18,16 +18,25 @@ pub enum Refusal {
     BadRequest,
     /// The server is shutting down.
     ShuttingDown,
+    /// 429: more new connections per second from one address than allowed.
+    Rate,
+    /// 401: no token, or an unknown one.
+    Unauthorized,
+    /// 403: an Origin that is not allowed.
+    Origin,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 9] = [
         Refusal::Capacity,
         Refusal::PerAddress,
         Refusal::Timeout,
         Refusal::HeaderTooLarge,
         Refusal::BadRequest,
         Refusal::ShuttingDown,
+        Refusal::Rate,
+        Refusal::Unauthorized,
+        Refusal::Origin,
     ];
 
     fn label(self) -> &'static str {
@@ -38,6 +47,9 @@ impl Refusal {
             Refusal::HeaderTooLarge => "header_too_large",
             Refusal::BadRequest => "bad_request",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::Rate => "rate",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Origin => "origin",
         }
     }
 }
@@ -49,7 +61,9 @@ pub struct Metrics {
     pub connections_peak: AtomicU64,
     pub connections_max: AtomicU64,
     pub accepted: AtomicU64,
-    refused: [AtomicU64; 6],
+    refused: [AtomicU64; 9],
+    /// Connections closed with 1008 for sending faster than their bucket allows.
+    pub rate_limited: AtomicU64,
     pub messages_sent: AtomicU64,
     pub frames_sent: AtomicU64,
     pub bytes_sent: AtomicU64,

@@ -6,63 +6,6 @@ mod common;
 use common::*;
 use edgepush::protocol::{ClientMsg, ServerMsg};
 
-/// A case: its name, the frames to send, the close code expected.
-type Case = (&'static str, Vec<Vec<u8>>, Option<u16>);
-
-fn cases(max: usize) -> Vec<Case> {
-    let bin = |p: &[u8]| encode_frame(true, OP_BINARY, p, true);
-    let ping = ClientMsg::Ping { nonce: 1 }.encode();
-    let mut two = ping.clone();
-    two.extend_from_slice(&ping);
-    let mut trailing = ping.clone();
-    trailing.push(0);
-    vec![
-        ("text message", vec![encode_frame(true, OP_TEXT, b"hello", true)], Some(1003)),
-        ("oversize text message", vec![encode_frame(true, OP_TEXT, &vec![b'a'; max + 1], true)], Some(1009)),
-        ("oversize binary message", vec![bin(&vec![0; max + 1])], Some(1009)),
-        (
-            "fragments adding up past the limit",
-            vec![
-                encode_frame(false, OP_BINARY, &vec![0; max / 2 + 1], true),
-                encode_frame(true, OP_CONT, &vec![0; max / 2 + 1], true),
-            ],
-            Some(1009),
-        ),
-        (
-            "a declared frame length of 2^40 with no payload",
-            vec![{
-                let mut f = vec![0x82, 0x80 | 127];
-                f.extend_from_slice(&(1u64 << 40).to_be_bytes());
-                f.extend_from_slice(&[1, 2, 3, 4]);
-                f
-            }],
-            Some(1009),
-        ),
-        ("empty binary message", vec![bin(&[])], Some(1007)),
-        ("garbage", vec![bin(&[0xff, 0xff, 0xff])], Some(1007)),
-        ("two messages in one", vec![bin(&two)], Some(1007)),
-        ("trailing bytes", vec![bin(&trailing)], Some(1007)),
-        ("filter count 2^32-1 in a small message", vec![bin(&[0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f])], Some(1007)),
-        ("string length 2^32-1", vec![bin(&[2, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a'])], Some(1007)),
-        ("invalid UTF-8 in a filter", vec![bin(&[0, 0, 1, 2, 0xc3, 0x28, 0])], Some(1007)),
-        ("varint overflow", vec![bin(&[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])], Some(1007)),
-        ("unmasked frame", vec![encode_frame(true, OP_BINARY, &ping, false)], Some(1002)),
-        ("ping with a 126-byte payload", vec![encode_frame(true, OP_PING, &[0; 126], true)], Some(1002)),
-        (
-            "RSV1 set",
-            vec![{
-                let mut f = bin(&ping);
-                f[0] |= 0x40;
-                f
-            }],
-            Some(1002),
-        ),
-        ("unknown opcode 3", vec![encode_frame(true, 3, &ping, true)], Some(1002)),
-        ("fragmented control frame", vec![encode_frame(false, OP_PING, b"x", true)], Some(1002)),
-        ("continuation without a start", vec![encode_frame(true, OP_CONT, &ping, true)], Some(1002)),
-    ]
-}
-
 #[test]
 fn each_violation_gets_its_close_code_and_others_keep_receiving() {
     let broker = Broker::start();
@@ -71,7 +14,7 @@ fn each_violation_gets_its_close_code_and_others_keep_receiving() {
     let mut publisher = Publisher::connect(broker.port);
     let (mut watcher, _) = block_on_timeout(5000, "watcher", subscribed(&server.url(), &["#"]));
     let mut published = 0u64;
-    for (name, frames, want) in cases(max) {
+    for (name, frames, want) in protocol_violations(max) {
         let mut raw = RawWs::connect(server.addr);
         for f in &frames {
             raw.write_raw(f);

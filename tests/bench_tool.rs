@@ -48,7 +48,11 @@ fn bench_against_named_servers_measures_both_protocols() {
     );
     let port = free_port();
     let cfg = scratch_dir("bench").join("edgepush.toml");
-    std::fs::write(&cfg, format!("listen = \"127.0.0.1:{port}\"\n[mqtt]\nport = {}\n", broker.port)).unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\n[limits]\nconnections-per-second-per-ip = 100000\n[mqtt]\nport = {}\n",
+        broker.port
+    );
+    std::fs::write(&cfg, common::open_auth(&text)).unwrap();
     let mut cmd = edgepush_command();
     cmd.args(["run", "--config"]).arg(&cfg);
     let server = Daemon::spawn(cmd);

@@ -17,7 +17,7 @@ fn bin() -> Command {
 
 fn write_config(text: &str) -> std::path::PathBuf {
     let path = scratch_dir("config").join("edgepush.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, common::open_auth(text)).unwrap();
     path
 }
 

@@ -260,7 +260,7 @@ fn two_instances_on_one_broker_each_see_every_event_and_publishes_cross_over() {
 fn run_binary(config: &str) -> (Daemon, SocketAddr) {
     let port = free_port();
     let path = scratch_dir("broker-cases").join("edgepush.toml");
-    std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}")).unwrap();
+    std::fs::write(&path, common::open_auth(&format!("listen = \"127.0.0.1:{port}\"\n{config}"))).unwrap();
     let mut cmd = edgepush_command();
     cmd.args(["run", "--config"]).arg(&path);
     let d = Daemon::spawn(cmd);

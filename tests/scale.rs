@@ -45,10 +45,10 @@ fn write_config(dir: &Path, port: u16, broker: u16, extra: &str) -> PathBuf {
     let n = clients() + 200;
     let path = dir.join("edgepush.toml");
     let text = format!(
-        "listen = \"127.0.0.1:{port}\"\n[limits]\nmax-connections = {n}\nmax-connections-per-ip = {n}\n{extra}\n\
+        "listen = \"127.0.0.1:{port}\"\n[limits]\nmax-connections = {n}\nmax-connections-per-ip = {n}\nconnections-per-second-per-ip = 1000000\n{extra}\n\
          [mqtt]\nport = {broker}\nreconnect-min-ms = 50\nreconnect-max-ms = 300\n"
     );
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, common::open_auth(&text)).unwrap();
     path
 }
 

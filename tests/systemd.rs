@@ -74,9 +74,9 @@ fn write_config(path: &std::path::Path, text: &str) {
 }
 
 fn client_config(port: u16, broker: u16, extra: &str) -> String {
-    format!(
+    common::open_auth(&format!(
         "listen = \"127.0.0.1:{port}\"\n{extra}\n[mqtt]\nport = {broker}\nreconnect-min-ms = 50\nreconnect-max-ms = 200\n"
-    )
+    ))
 }
 
 async fn connect(url: &str) -> Result<Client, ClientError> {

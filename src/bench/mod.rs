@@ -494,7 +494,8 @@ fn start_local(run: usize) -> Result<Local, String> {
     let cfg = dir.join("edgepush.toml");
     let text = format!(
         "listen = \"127.0.0.1:{ep}\"\n[mqtt]\nport = {mq_tcp}\nclient-id = \"edgepush-bench-{}-{run}\"\n\
-         [limits]\nmax-connections = 8192\nmax-connections-per-ip = 8192\n[log]\nlevel = \"warn\"\n",
+         [limits]\nmax-connections = 8192\nmax-connections-per-ip = 8192\nconnections-per-second-per-ip = 1000000\n\
+         [auth]\nmode = \"none\"\n[log]\nlevel = \"error\"\n",
         std::process::id()
     );
     std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;

@@ -285,6 +285,21 @@ pub fn format_value(v: &Value) -> String {
 ///
 /// # Errors
 /// The first connection failed.
+/// `url` with `token` added as its `?token=` query parameter, percent-encoded.
+pub fn with_token(url: &str, token: &str) -> String {
+    let mut out = String::from(url);
+    out.push(if url.contains('?') { '&' } else { '?' });
+    out.push_str("token=");
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub async fn watch(url: &str, filters: &[&str]) -> Result<(), ClientError> {
     use std::io::Write;
     // Fail fast on a bad first connection; then follow.

@@ -5,14 +5,20 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use crate::limit::PerAddress;
 use crate::metrics::Refusal;
 
-#[derive(Default)]
 struct Counts {
     total: usize,
     by_ip: HashMap<IpAddr, usize>,
+    /// New connections per second per address.
+    rate: PerAddress,
 }
+
+/// Addresses whose connection rate is remembered at once.
+const RATE_ADDRESSES: usize = 4096;
 
 /// The connection caps and the current counts.
 pub struct Admission {
@@ -36,32 +42,40 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Admission {
-    pub fn new(max: usize, per_ip: usize) -> Arc<Admission> {
-        Arc::new(Admission { max: AtomicUsize::new(max), per_ip: AtomicUsize::new(per_ip), counts: Mutex::default() })
+    /// Caps on concurrent connections (all, and per address) and on new
+    /// connections per second per address.
+    pub fn new(max: usize, per_ip: usize, per_ip_rate: u32) -> Arc<Admission> {
+        let counts = Counts { total: 0, by_ip: HashMap::new(), rate: PerAddress::new(per_ip_rate, RATE_ADDRESSES) };
+        Arc::new(Admission { max: AtomicUsize::new(max), per_ip: AtomicUsize::new(per_ip), counts: Mutex::new(counts) })
     }
 
     /// New caps (config reload). Connections past a lowered cap stay; new
     /// ones are refused until enough have left.
-    pub fn set_caps(&self, max: usize, per_ip: usize) {
+    pub fn set_caps(&self, max: usize, per_ip: usize, per_ip_rate: u32) {
         self.max.store(max, Relaxed);
         self.per_ip.store(per_ip, Relaxed);
+        self.lock().rate.set_rate(per_ip_rate);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a slot for `ip`, or says which cap refused it (global first).
+    /// Takes a slot for `ip`, or says which cap refused it (global first,
+    /// then the address's concurrent cap, then its connection rate).
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         let ip = canonical(ip);
         let mut c = self.lock();
         if c.total >= self.max.load(Relaxed) {
             return Err(Refusal::Capacity);
         }
-        let n = c.by_ip.entry(ip).or_insert(0);
-        if *n >= self.per_ip.load(Relaxed) {
+        if c.by_ip.get(&ip).is_some_and(|n| *n >= self.per_ip.load(Relaxed)) {
             return Err(Refusal::PerAddress);
         }
+        if !c.rate.take(ip, Instant::now()) {
+            return Err(Refusal::Rate);
+        }
+        let n = c.by_ip.entry(ip).or_insert(0);
         *n += 1;
         c.total += 1;
         Ok(Slot { admission: self.clone(), ip })
@@ -92,7 +106,7 @@ mod tests {
 
     #[test]
     fn caps_global_first_then_per_address_and_slots_free_on_drop() {
-        let a = Admission::new(3, 2);
+        let a = Admission::new(3, 2, 100);
         let ip1: IpAddr = "10.0.0.1".parse().unwrap();
         let ip2: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
         let s1 = a.try_admit(ip1).unwrap();
@@ -110,15 +124,25 @@ mod tests {
 
     #[test]
     fn lowered_caps_keep_existing_slots_and_refuse_new_ones() {
-        let a = Admission::new(4, 4);
+        let a = Admission::new(4, 4, 100);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let slots: Vec<Slot> = (0..3).map(|_| a.try_admit(ip).unwrap()).collect();
-        a.set_caps(2, 4);
+        a.set_caps(2, 4, 100);
         assert_eq!(a.total(), 3);
         assert_eq!(a.try_admit(ip).err(), Some(Refusal::Capacity));
-        a.set_caps(8, 3);
+        a.set_caps(8, 3, 100);
         assert_eq!(a.try_admit(ip).err(), Some(Refusal::PerAddress));
         drop(slots);
         assert!(a.try_admit(ip).is_ok());
+    }
+
+    #[test]
+    fn new_connections_per_second_per_address() {
+        let a = Admission::new(100, 100, 3);
+        let (ip, other): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let slots: Vec<Slot> = (0..3).map(|_| a.try_admit(ip).unwrap()).collect();
+        drop(slots);
+        assert_eq!(a.try_admit(ip).err(), Some(Refusal::Rate), "closing them does not give the rate back");
+        assert!(a.try_admit(other).is_ok(), "another address has its own bucket");
     }
 }

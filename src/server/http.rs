@@ -3,11 +3,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::Async;
-use std::net::TcpStream;
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::auth::{self, Authenticator, Denied, Identity};
 use crate::metrics::Refusal;
+use crate::origin;
 use crate::protocol::SUBPROTOCOL;
 
 /// Most bytes read from the socket at once while reading a head.
@@ -61,7 +61,7 @@ pub fn parse_request_line(line: &[u8]) -> Option<RequestLine> {
 /// `line_seen` is set when a request line arrived, so a timeout can tell 408
 /// from a silent drop.
 pub async fn read_head<T>(
-    stream: &mut Async<TcpStream>,
+    stream: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     max: usize,
     line_seen: &AtomicBool,
@@ -155,7 +155,7 @@ impl<'a> Head<'a> {
     }
 
     /// Every header of that name, joined as one list.
-    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+    pub fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
         self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     }
 
@@ -184,6 +184,32 @@ impl<'a> Head<'a> {
     }
 }
 
+/// Every check a `/ws` request passes before it upgrades, in the order
+/// PROTOCOL.md gives: the request itself (400, 426), credentials (401), then
+/// Origin (403). Returns the upgrade and who the connection is.
+pub fn ws_request(
+    head: &Head<'_>,
+    query: Option<&str>,
+    auth: &Authenticator,
+    origins: Option<&[String]>,
+    tls: bool,
+) -> Result<(Upgrade, Identity), Reject> {
+    let upgrade = head.check_upgrade()?;
+    let cookies: Vec<&[u8]> = head.all("cookie").collect();
+    let token = auth::presented(head.get("authorization"), query, &cookies);
+    let identity = auth.check(token.as_deref()).map_err(|d| Reject {
+        status: 401,
+        reason: match d {
+            Denied::Missing => "a token is required (Authorization: Bearer, ?token= or the edgepush_token cookie)",
+            Denied::Unknown => "unknown token",
+        },
+    })?;
+    if !origin::permitted(head.get("origin"), head.get("host"), origins, tls) {
+        return Err(Reject { status: 403, reason: "Origin not allowed" });
+    }
+    Ok((upgrade, identity))
+}
+
 /// The 101 answer.
 pub fn switching_protocols(u: &Upgrade) -> Vec<u8> {
     let mut r = format!(
@@ -203,6 +229,8 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -247,12 +275,12 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Writes a response and closes gracefully: half-close, then discard what the
 /// peer still sends for a moment (a close with unread input would send a reset
 /// that can destroy the answer in flight).
-pub async fn send(stream: &mut Async<TcpStream>, bytes: &[u8]) {
+pub async fn send(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), bytes: &[u8]) {
     if stream.write_all(bytes).await.is_err() {
         return;
     }
-    let _ = stream.flush().await;
-    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    // Flushes, then half-closes (after TLS's close_notify).
+    let _ = stream.close().await;
     let drain = async {
         let mut sink = [0u8; 1024];
         let mut total = 0;
@@ -318,6 +346,41 @@ mod tests {
         let v8 = GOOD.replace("Version: 13", "Version: 8");
         assert_eq!(check(&v8).unwrap_err(), Reject { status: 426, reason: "WebSocket version 13 required" });
         assert_eq!(check("GET /ws HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn ws_requests_check_the_request_then_the_token_then_the_origin() {
+        use crate::config::{Auth, AuthMode, Token};
+        let auth = Authenticator::new(&Auth {
+            mode: AuthMode::Tokens,
+            subscribe: vec![],
+            publish: vec![],
+            tokens: vec![Token {
+                name: "wall".into(),
+                sha256: auth::sha256(b"x"),
+                subscribe: vec!["#".into()],
+                publish: vec![],
+            }],
+            allowed_origins: None,
+        });
+        let run = |head: &str, query| {
+            let h = Head::parse(head.as_bytes()).unwrap();
+            ws_request(&h, query, &auth, None, false).map(|(_, id)| id.name.unwrap().to_string()).map_err(|r| r.status)
+        };
+        assert_eq!(run(GOOD, Some("token=x")), Ok("wall".into()));
+        assert_eq!(run(GOOD, None), Err(401));
+        assert_eq!(run(GOOD, Some("token=y")), Err(401));
+        let bearer = GOOD.replace("Host: h\r\n", "Host: h\r\nAuthorization: Bearer x\r\n");
+        assert_eq!(run(&bearer, None), Ok("wall".into()));
+        let cookie = GOOD.replace("Host: h\r\n", "Host: h\r\nCookie: a=1; edgepush_token=x\r\n");
+        assert_eq!(run(&cookie, None), Ok("wall".into()));
+        let foreign = GOOD.replace("Host: h\r\n", "Host: h\r\nOrigin: http://evil.example\r\n");
+        assert_eq!(run(&foreign, Some("token=x")), Err(403));
+        assert_eq!(run(&foreign, None), Err(401), "credentials are checked before Origin");
+        let own = GOOD.replace("Host: h\r\n", "Host: h\r\nOrigin: http://h\r\n");
+        assert_eq!(run(&own, Some("token=x")), Ok("wall".into()));
+        let v8 = GOOD.replace("Version: 13", "Version: 8");
+        assert_eq!(run(&v8, None), Err(426), "the request itself first");
     }
 
     #[test]

@@ -21,8 +21,9 @@ use log::{debug, info, warn};
 use smol::future::FutureExt as _;
 use smol::{Async, Executor, Timer};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Permissions, Publish};
+use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Publish};
 use crate::metrics::{Metrics, Refusal};
 use crate::mqtt;
 
@@ -68,27 +69,47 @@ struct Shared {
 /// The per-connection settings from the config, swapped whole on reload.
 struct Live {
     session: Arc<SessionConfig>,
-    perms: Arc<Permissions>,
+    auth: Authenticator,
+    /// `[auth] allowed-origins`, normalized; None: the request's own Host.
+    origins: Option<Vec<String>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     max_handshaking: usize,
     handshake_timeout: Duration,
     max_header_bytes: usize,
 }
 
 impl Live {
-    fn new(cfg: &Config) -> Live {
-        Live {
+    /// # Errors
+    /// The `[tls]` files no longer load (changed since the config was checked).
+    fn new(cfg: &Config) -> Result<Live, String> {
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => Some(crate::tls::server_config(t).map_err(|(k, why)| format!("tls.{k}: {why}"))?),
+        };
+        Ok(Live {
             session: Arc::new(SessionConfig {
                 heartbeat_interval: Duration::from_millis(cfg.heartbeat.interval_ms),
                 heartbeat_timeout: Duration::from_millis(cfg.heartbeat.timeout_ms),
                 slow_client_timeout: Duration::from_millis(cfg.limits.slow_client_timeout_ms),
                 outbox_messages: cfg.limits.outbox_messages,
                 max_message_bytes: cfg.limits.max_message_bytes,
+                messages_per_second: cfg.limits.messages_per_second,
+                burst: cfg.limits.burst,
             }),
-            perms: Arc::new(Permissions { subscribe: cfg.auth.subscribe.clone(), publish: cfg.auth.publish.clone() }),
+            auth: Authenticator::new(&cfg.auth),
+            origins: cfg.auth.allowed_origins.clone(),
+            tls,
             max_handshaking: cfg.limits.max_connections.max(64),
             handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
             max_header_bytes: cfg.limits.max_header_bytes,
-        }
+        })
+    }
+}
+
+/// The start-up and reload warnings about a config's security settings.
+fn security_warnings(cfg: &Config) {
+    for w in cfg.warnings() {
+        warn!("{w}");
     }
 }
 
@@ -138,14 +159,24 @@ impl Running {
     /// (heartbeat, outbox, message size, slow-client timeout) apply to
     /// connections accepted from now on. The listen address and the broker
     /// link are not changed here (the caller reports them as needing a restart).
-    pub fn reload(&self, cfg: &Config) {
+    ///
+    /// # Errors
+    /// The `[tls]` files no longer load: nothing was changed.
+    pub fn reload(&self, cfg: &Config) -> Result<(), String> {
         let s = &self.shared;
-        s.admission.set_caps(cfg.limits.max_connections, cfg.limits.max_connections_per_ip);
+        let live = Live::new(cfg)?;
+        security_warnings(cfg);
+        s.admission.set_caps(
+            cfg.limits.max_connections,
+            cfg.limits.max_connections_per_ip,
+            cfg.limits.connections_per_second_per_ip,
+        );
         s.metrics.connections_max.store(cfg.limits.max_connections as u64, Relaxed);
-        *s.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live::new(cfg));
+        *s.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
         if s.hub.try_send(HubCmd::Reconfigure(hub_config(cfg))).is_err() {
             warn!("reload: the hub's queue is full; hub limits unchanged");
         }
+        Ok(())
     }
 
     /// Pings the service manager's watchdog every `period`, but only while the
@@ -250,6 +281,8 @@ pub fn start(cfg: &Config, threads: usize) -> io::Result<Running> {
 /// # Errors
 /// The listener is unusable, or a thread cannot start.
 pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Result<Running> {
+    let live = Live::new(cfg).map_err(io::Error::other)?;
+    security_warnings(cfg);
     let listener = Async::new(listener)?;
     let addr = listener.get_ref().local_addr()?;
     let metrics = Arc::new(Metrics::default());
@@ -271,10 +304,14 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
         mqtt::spawn(cfg.mqtt.clone(), bridge_tx, publish_rx, stop_bridge_rx, bridge_probe_rx, metrics.clone())?;
 
     let shared = Arc::new(Shared {
-        admission: Admission::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip),
+        admission: Admission::new(
+            cfg.limits.max_connections,
+            cfg.limits.max_connections_per_ip,
+            cfg.limits.connections_per_second_per_ip,
+        ),
         metrics: metrics.clone(),
         hub: hub_tx,
-        live: RwLock::new(Arc::new(Live::new(cfg))),
+        live: RwLock::new(Arc::new(live)),
         shutting_down: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
         handshaking: AtomicUsize::new(0),
@@ -305,7 +342,7 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
             }))
         })?);
     }
-    info!("listening on {addr}");
+    info!("listening on {addr}{}", if cfg.tls.is_some() { " (TLS: https and wss)" } else { "" });
     Ok(Running {
         addr,
         metrics,
@@ -363,18 +400,21 @@ async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shar
     let handshake = Handshaking(&shared.handshaking);
     // Boxed: the handshake's state (head buffers and all) is freed once it is
     // done instead of sizing the whole connection's long-lived future.
-    let Some((ws, slot)) = Box::pin(handshake_phase(stream, peer, &shared, &live)).await else { return };
+    let Some((ws, slot, who)) = Box::pin(handshake_phase(stream, peer, &shared, &live)).await else { return };
     drop(handshake);
     let session = Session {
         conn: shared.next_conn.fetch_add(1, Relaxed),
         peer,
         cfg: live.session.clone(),
         hub: shared.hub.clone(),
-        perms: live.perms.clone(),
+        perms: who.perms,
         metrics: shared.metrics.clone(),
         slot,
     };
-    debug!("{peer}: upgraded as connection {}", session.conn);
+    match &who.name {
+        Some(name) => debug!("{peer}: upgraded as connection {} with token {name:?}", session.conn),
+        None => debug!("{peer}: upgraded as connection {}", session.conn),
+    }
     session.run(ws).await;
 }
 
@@ -390,11 +430,32 @@ impl Drop for Handshaking<'_> {
 /// Reads and answers the request head. Returns the upgraded WebSocket and the
 /// admission slot; None when the request was answered (or dropped) here.
 async fn handshake_phase(
-    mut stream: Async<TcpStream>,
+    stream: Async<TcpStream>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     live: &Live,
-) -> Option<(Ws, admission::Slot)> {
+) -> Option<(Ws, admission::Slot, Identity)> {
+    // One deadline for the TLS handshake and the request head together.
+    let deadline = Instant::now() + live.handshake_timeout;
+    let mut stream = match &live.tls {
+        None => Socket::new(stream),
+        Some(tls) => {
+            let accept = futures_rustls::TlsAcceptor::from(tls.clone()).accept(Raw::new(stream));
+            let timeout = async {
+                Timer::at(deadline).await;
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            };
+            match accept.or(timeout).await {
+                Ok(s) => Socket::Tls(Box::new(s)),
+                Err(e) => {
+                    let why = if e.kind() == io::ErrorKind::TimedOut { Refusal::Timeout } else { Refusal::BadRequest };
+                    shared.metrics.refused(why);
+                    debug!("{peer}: TLS handshake failed: {e}");
+                    return None;
+                }
+            }
+        }
+    };
     let line_seen = AtomicBool::new(false);
     let mut buf = Vec::with_capacity(512);
     let m = &shared.metrics;
@@ -410,7 +471,7 @@ async fn handshake_phase(
     };
     let read = http::read_head(&mut stream, &mut buf, live.max_header_bytes, &line_seen, admit);
     let timeout = async {
-        Timer::after(live.handshake_timeout).await;
+        Timer::at(deadline).await;
         Err(None)
     };
     let (head_len, line, slot) = match async { read.await.map_err(Some) }.or(timeout).await {
@@ -453,13 +514,29 @@ async fn handshake_phase(
     let answer = match (&parsed, line.method.as_str(), line.path.as_str()) {
         (Err(r), _, _) => reply(r.status, r.reason),
         (_, m, _) if m != "GET" => http::error_response(405, "only GET", &[("Allow", "GET")]),
-        (Ok(head), _, "/ws") => match head.check_upgrade() {
-            Ok(upgrade) => return upgraded(stream, buf, head_len, &upgrade, slot, live).await,
-            Err(Reject { status: 426, reason }) => {
-                http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
+        (Ok(head), _, "/ws") => {
+            let tls = live.tls.is_some();
+            match http::ws_request(head, line.query.as_deref(), &live.auth, live.origins.as_deref(), tls) {
+                Ok((upgrade, who)) => {
+                    let (ws, slot) = upgraded(stream, buf, head_len, &upgrade, slot, live).await?;
+                    return Some((ws, slot, who));
+                }
+                Err(Reject { status: 426, reason }) => {
+                    http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
+                }
+                Err(Reject { status: 401, reason }) => {
+                    m.refused(Refusal::Unauthorized);
+                    debug!("{peer}: refused: {reason}");
+                    http::error_response(401, reason, &[("WWW-Authenticate", "Bearer")])
+                }
+                Err(Reject { status: 403, reason }) => {
+                    m.refused(Refusal::Origin);
+                    debug!("{peer}: refused: Origin {:?}", head.get("origin").map(String::from_utf8_lossy));
+                    reply(403, reason)
+                }
+                Err(Reject { status, reason }) => reply(status, reason),
             }
-            Err(Reject { status, reason }) => reply(status, reason),
-        },
+        }
         (_, _, "/healthz") => healthz(shared),
         (_, _, "/metrics") => http::response(200, "text/plain; version=0.0.4", &[], m.render().as_bytes()),
         _ => match page {
@@ -467,7 +544,8 @@ async fn handshake_phase(
             None => reply(404, "not found"),
         },
     };
-    if line.path == "/ws" {
+    let counted = answer.starts_with(b"HTTP/1.1 401") || answer.starts_with(b"HTTP/1.1 403");
+    if line.path == "/ws" && !counted {
         m.refused(Refusal::BadRequest);
     }
     http::send(&mut stream, &answer).await;
@@ -515,11 +593,12 @@ fn trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
 
-use socket::{Socket, Ws};
+use crate::auth::Identity;
+use socket::{Raw, Socket, Ws};
 
 /// Answers 101 and wraps the socket, with any bytes the client sent after its head.
 async fn upgraded(
-    mut stream: Async<TcpStream>,
+    mut stream: Socket,
     mut buf: Vec<u8>,
     head_len: usize,
     upgrade: &http::Upgrade,
@@ -531,9 +610,7 @@ async fn upgraded(
     stream.write_all(&http::switching_protocols(upgrade)).await.ok()?;
     let rest = buf.split_off(head_len);
     drop(buf);
-    let ws =
-        WebSocketStream::from_partially_read(Socket::new(stream), rest, Role::Server, Some(live.session.websocket()))
-            .await;
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(live.session.websocket())).await;
     Some((ws, slot))
 }
 

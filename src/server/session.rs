@@ -21,6 +21,7 @@ use smol::Timer;
 
 use crate::heartbeat::{Due, Heartbeat};
 use crate::hub::{now_ms, HubCmd, Permissions};
+use crate::limit::Bucket;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Take};
 use crate::protocol::{ClientMsg, ServerMsg};
@@ -42,6 +43,9 @@ pub struct SessionConfig {
     pub slow_client_timeout: Duration,
     pub outbox_messages: usize,
     pub max_message_bytes: usize,
+    /// The token bucket on client messages: refill per second and size.
+    pub messages_per_second: u32,
+    pub burst: u32,
 }
 
 impl SessionConfig {
@@ -126,6 +130,7 @@ impl Session {
     async fn serve(&self, ws: &mut Ws, outbox: &Arc<Outbox>) -> End {
         let cfg = &self.cfg;
         let mut hb = Heartbeat::new(Instant::now(), cfg.heartbeat_interval, cfg.heartbeat_timeout);
+        let mut bucket = Bucket::new(cfg.messages_per_second, cfg.burst, Instant::now());
         let mut writing = false;
         let mut frame: Vec<u8> = Vec::new();
         // When this session is due to be woken by the shared timer wheel.
@@ -145,12 +150,9 @@ impl Session {
                 Due::Ping => {
                     if hb.heartbeat_due(now) {
                         // Both in one write: a quiet connection wakes once per interval.
-                        frame.clear();
-                        ServerMsg::Heartbeat { ts_ms: now_ms() }.encode_into(&mut frame);
-                        if let Err(e) = self.send_frame(ws, &mut frame, 1) {
+                        if let Err(e) = self.send_heartbeat(ws, &mut frame, &mut hb, now) {
                             return self.failed(e);
                         }
-                        hb.sent(now);
                     }
                     hb.ping_sent(now);
                     if let Err(e) = start_send(ws, Message::Ping(Default::default())) {
@@ -160,12 +162,9 @@ impl Session {
                     continue;
                 }
                 Due::Heartbeat => {
-                    frame.clear();
-                    ServerMsg::Heartbeat { ts_ms: now_ms() }.encode_into(&mut frame);
-                    if let Err(e) = self.send_frame(ws, &mut frame, 1) {
+                    if let Err(e) = self.send_heartbeat(ws, &mut frame, &mut hb, now) {
                         return self.failed(e);
                     }
-                    hb.sent(now);
                     writing = true;
                     continue;
                 }
@@ -245,6 +244,14 @@ impl Session {
                 }
                 Step::Read(None) => return End::Gone,
                 Step::Read(Some(Err(e))) => return self.failed(e),
+                Step::Read(Some(Ok(Message::Binary(_) | Message::Text(_)))) if !bucket.take(Instant::now()) => {
+                    Metrics::inc(&self.metrics.rate_limited);
+                    info!(
+                        "{}: more than {}/s client messages beyond a burst of {}",
+                        self.peer, cfg.messages_per_second, cfg.burst
+                    );
+                    return End::Close(1008, "too many messages");
+                }
                 Step::Read(Some(Ok(msg))) => match msg {
                     Message::Binary(b) => {
                         Metrics::inc(&self.metrics.client_messages);
@@ -273,6 +280,20 @@ impl Session {
                 },
             }
         }
+    }
+
+    fn send_heartbeat(
+        &self,
+        ws: &mut Ws,
+        frame: &mut Vec<u8>,
+        hb: &mut Heartbeat,
+        now: Instant,
+    ) -> Result<(), WsError> {
+        frame.clear();
+        ServerMsg::Heartbeat { ts_ms: now_ms() }.encode_into(frame);
+        self.send_frame(ws, frame, 1)?;
+        hb.sent(now);
+        Ok(())
     }
 
     fn send_frame(&self, ws: &mut Ws, frame: &mut Vec<u8>, messages: usize) -> Result<(), WsError> {

@@ -6,6 +6,8 @@
 //! syscalls per delivered event (10 % of the server's CPU in the profile at
 //! 1,000 clients). [`Socket`] reads only after the reactor reported the socket
 //! readable, and otherwise just re-registers the waker.
+//!
+//! With `[tls]`, [`Socket`] is the rustls stream over that same reader.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
@@ -19,19 +21,77 @@ use smol::Async;
 /// The WebSocket over an accepted socket.
 pub type Ws = WebSocketStream<Socket>;
 
-pub struct Socket {
+/// An accepted connection: plain, or TLS over the same reader.
+pub enum Socket {
+    Plain(Raw),
+    /// Boxed: rustls' state is large and only TLS connections carry it.
+    Tls(Box<futures_rustls::server::TlsStream<Raw>>),
+}
+
+/// The TCP socket, read only after the reactor reported input.
+pub struct Raw {
     io: Async<TcpStream>,
     /// False once a read found nothing, until the reactor reports input.
     readable: bool,
 }
 
-impl Socket {
-    pub fn new(io: Async<TcpStream>) -> Socket {
-        Socket { io, readable: true }
+impl Raw {
+    pub fn new(io: Async<TcpStream>) -> Raw {
+        Raw { io, readable: true }
     }
 }
 
+impl Socket {
+    pub fn new(io: Async<TcpStream>) -> Socket {
+        Socket::Plain(Raw::new(io))
+    }
+}
+
+/// Forwards a call to whichever stream the socket is.
+macro_rules! either {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Socket::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Socket::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
 impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        either!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        either!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        either!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => s.poll_close(cx))
+    }
+}
+
+impl AsyncRead for Raw {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         loop {
@@ -47,7 +107,7 @@ impl AsyncRead for Socket {
     }
 }
 
-impl AsyncWrite for Socket {
+impl AsyncWrite for Raw {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
@@ -79,7 +139,7 @@ mod tests {
         smol::block_on(async {
             let l = Async::<std::net::TcpListener>::bind(([127, 0, 0, 1], 0)).unwrap();
             let mut peer = Async::<TcpStream>::connect(l.get_ref().local_addr().unwrap()).await.unwrap();
-            let mut s = Socket::new(l.accept().await.unwrap().0);
+            let mut s = Raw::new(l.accept().await.unwrap().0);
             let mut buf = [0u8; 8];
             // Nothing yet: pending, and the next read waits for the reactor.
             let nothing = smol::future::poll_once(s.read(&mut buf)).await;

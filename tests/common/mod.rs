@@ -232,10 +232,27 @@ impl Publisher {
     }
 }
 
+/// Config text with `[auth] mode = "none"` said explicitly (a config without
+/// tokens must), unless it has its own mode or tokens.
+pub fn open_auth(text: &str) -> String {
+    if text.contains("mode =") || text.contains("[[auth.tokens]]") {
+        text.to_owned()
+    } else if text.contains("[auth]\n") {
+        text.replacen("[auth]\n", "[auth]\nmode = \"none\"\n", 1)
+    } else {
+        format!("{text}\n[auth]\nmode = \"none\"\n")
+    }
+}
+
 /// The built-in defaults with a test broker port and the given TOML on top.
+/// Auth is open (`mode = "none"`) and the per-address connection rate is
+/// unlimited unless `extra` says otherwise: every test client comes from 127.0.0.1.
 pub fn config(broker_port: u16, extra: &str) -> Config {
-    let text = format!("listen = \"127.0.0.1:0\"\n{extra}\n",);
+    let text = open_auth(&format!("listen = \"127.0.0.1:0\"\n{extra}\n"));
     let mut cfg = Config::from_toml(&text, "test", None).unwrap_or_else(|e| panic!("{e}"));
+    if !extra.contains("connections-per-second-per-ip") {
+        cfg.limits.connections_per_second_per_ip = 1_000_000;
+    }
     cfg.mqtt.port = broker_port;
     cfg.mqtt.client_id = format!("edgepush-test-{}-{}", std::process::id(), free_port());
     cfg.mqtt.reconnect_min_ms = 50;
@@ -378,6 +395,18 @@ pub fn small_buffer_socket(addr: SocketAddr) -> TcpStream {
     s.into()
 }
 
+/// A socket to `addr` from the loopback address `src` (any of 127.0.0.0/8),
+/// so a test can be many addresses; `rcvbuf` shrinks its receive buffer.
+pub fn tcp_from(src: std::net::Ipv4Addr, addr: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n).unwrap();
+    }
+    s.bind(&SocketAddr::new(src.into(), 0).into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
 /// A protocol client over a socket with a tiny receive buffer.
 pub async fn small_buffer_client(addr: SocketAddr) -> Client {
     let stream = smol::Async::new(small_buffer_socket(addr)).unwrap();
@@ -388,17 +417,19 @@ pub async fn small_buffer_client(addr: SocketAddr) -> Client {
 impl RawWs {
     /// Upgrades; panics unless the answer is 101.
     pub fn connect(addr: SocketAddr) -> RawWs {
-        RawWs::upgrade(TcpStream::connect(addr).unwrap(), addr)
+        RawWs::upgrade(TcpStream::connect(addr).unwrap(), addr, "")
     }
 
     /// Upgrades over a socket with a tiny receive buffer.
     pub fn connect_small_buffer(addr: SocketAddr) -> RawWs {
-        RawWs::upgrade(small_buffer_socket(addr), addr)
+        RawWs::upgrade(small_buffer_socket(addr), addr, "")
     }
 
-    fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> RawWs {
+    /// Upgrades over `stream` with extra request headers (each ending in CRLF);
+    /// panics unless the answer is 101.
+    pub fn upgrade(mut stream: TcpStream, addr: SocketAddr, headers: &str) -> RawWs {
         stream.set_read_timeout(Some(scaled(10_000))).unwrap();
-        stream.write_all(upgrade_request(addr, "").as_bytes()).unwrap();
+        stream.write_all(upgrade_request(addr, headers).as_bytes()).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let end = loop {
@@ -550,4 +581,63 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A case: its name, the frames to send, the close code expected.
+pub type Case = (&'static str, Vec<Vec<u8>>, Option<u16>);
+
+/// Frames that break the protocol, each with the close code PROTOCOL.md
+/// names, for a server whose `max-message-bytes` is `max`.
+pub fn protocol_violations(max: usize) -> Vec<Case> {
+    let bin = |p: &[u8]| encode_frame(true, OP_BINARY, p, true);
+    let ping = edgepush::protocol::ClientMsg::Ping { nonce: 1 }.encode();
+    let mut two = ping.clone();
+    two.extend_from_slice(&ping);
+    let mut trailing = ping.clone();
+    trailing.push(0);
+    vec![
+        ("text message", vec![encode_frame(true, OP_TEXT, b"hello", true)], Some(1003)),
+        ("oversize text message", vec![encode_frame(true, OP_TEXT, &vec![b'a'; max + 1], true)], Some(1009)),
+        ("oversize binary message", vec![bin(&vec![0; max + 1])], Some(1009)),
+        (
+            "fragments adding up past the limit",
+            vec![
+                encode_frame(false, OP_BINARY, &vec![0; max / 2 + 1], true),
+                encode_frame(true, OP_CONT, &vec![0; max / 2 + 1], true),
+            ],
+            Some(1009),
+        ),
+        (
+            "a declared frame length of 2^40 with no payload",
+            vec![{
+                let mut f = vec![0x82, 0x80 | 127];
+                f.extend_from_slice(&(1u64 << 40).to_be_bytes());
+                f.extend_from_slice(&[1, 2, 3, 4]);
+                f
+            }],
+            Some(1009),
+        ),
+        ("empty binary message", vec![bin(&[])], Some(1007)),
+        ("garbage", vec![bin(&[0xff, 0xff, 0xff])], Some(1007)),
+        ("two messages in one", vec![bin(&two)], Some(1007)),
+        ("trailing bytes", vec![bin(&trailing)], Some(1007)),
+        ("filter count 2^32-1 in a small message", vec![bin(&[0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f])], Some(1007)),
+        ("string length 2^32-1", vec![bin(&[2, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a'])], Some(1007)),
+        ("invalid UTF-8 in a filter", vec![bin(&[0, 0, 1, 2, 0xc3, 0x28, 0])], Some(1007)),
+        ("varint overflow", vec![bin(&[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])], Some(1007)),
+        ("unmasked frame", vec![encode_frame(true, OP_BINARY, &ping, false)], Some(1002)),
+        ("ping with a 126-byte payload", vec![encode_frame(true, OP_PING, &[0; 126], true)], Some(1002)),
+        (
+            "RSV1 set",
+            vec![{
+                let mut f = bin(&ping);
+                f[0] |= 0x40;
+                f
+            }],
+            Some(1002),
+        ),
+        ("unknown opcode 3", vec![encode_frame(true, 3, &ping, true)], Some(1002)),
+        ("fragmented control frame", vec![encode_frame(false, OP_PING, b"x", true)], Some(1002)),
+        ("continuation without a start", vec![encode_frame(true, OP_CONT, &ping, true)], Some(1002)),
+    ]
 }

@@ -1,0 +1,151 @@
+//! The fuzz targets' bodies (`fuzz/`, cargo fuzz), here so that every input
+//! the fuzzer ever found to crash is replayed by `tests/fuzz_regressions.rs`
+//! on every `cargo test`, on every architecture. Each function panics on a
+//! broken invariant and returns quietly otherwise.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+
+use crate::auth::{sha256, Authenticator};
+use crate::config::{Auth, AuthMode, Token};
+use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Permissions};
+use crate::metrics::Metrics;
+use crate::origin;
+use crate::outbox::Outbox;
+use crate::protocol::{ClientMsg, ServerMsg, Value};
+use crate::server::http::{self, Head, HeadError};
+use crate::topic::{covers, matches, validate_filter, validate_topic, FilterIndex};
+
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz/fuzz_targets/` and `fuzz/regressions/` name them.
+pub const TARGETS: &[(&str, Target)] =
+    &[("client_msg", client_msg), ("http_head", http_head), ("topic", topic), ("value", value)];
+
+/// ClientMsg decoding and the hub's handling of what decodes: the input is a
+/// sequence of `[len: u8][bytes]` chunks, each one client message from one
+/// connection, handled in order by a hub that holds a few topics.
+pub fn client_msg(data: &[u8]) {
+    let cfg = HubConfig { max_topics: 8, history: 16, max_filters: 8, heartbeat_ms: 1000 };
+    let (publish_tx, publish_rx) = async_channel::bounded(64);
+    let mut hub = Hub::new(cfg, Arc::new(Metrics::default()), publish_tx);
+    hub.bridge(BridgeMsg::Link { up: true });
+    for (i, t) in ["a/b", "a/c", "$SYS/x", "cmd/x"].iter().enumerate() {
+        hub.bridge(BridgeMsg::Event { topic: (*t).into(), value: vec![1, i as u8], ts_ms: 1 });
+    }
+    let outbox = Outbox::new(32);
+    let perms = Arc::new(Permissions { subscribe: vec!["a/#".into(), "$SYS/#".into()], publish: vec!["cmd/+".into()] });
+    hub.command(HubCmd::Connect { conn: 1, outbox: outbox.clone(), perms });
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (msg, tail) = tail.split_at((len as usize).min(tail.len()));
+        rest = tail;
+        let Ok(decoded) = ClientMsg::decode(msg) else { continue };
+        // What decodes re-encodes to something that decodes to the same.
+        assert_eq!(ClientMsg::decode(&decoded.encode()).as_ref(), Ok(&decoded));
+        hub.command(HubCmd::Request { conn: 1, msg: decoded });
+        hub.bridge(BridgeMsg::Event { topic: "a/b".into(), value: msg.to_vec(), ts_ms: 2 });
+    }
+    hub.command(HubCmd::Disconnect { conn: 1 });
+    drop(publish_rx);
+}
+
+fn authenticator() -> &'static Authenticator {
+    static AUTH: OnceLock<Authenticator> = OnceLock::new();
+    AUTH.get_or_init(|| {
+        Authenticator::new(&Auth {
+            mode: AuthMode::Tokens,
+            subscribe: vec![],
+            publish: vec![],
+            tokens: vec![Token {
+                name: "t".into(),
+                sha256: sha256(b"tok"),
+                subscribe: vec!["#".into()],
+                publish: vec![],
+            }],
+            allowed_origins: None,
+        })
+    })
+}
+
+/// The HTTP request head: the incremental reader (with admission on the
+/// request line), httparse, the upgrade checks, the token lookup and the
+/// Origin check, in the order the server runs them.
+pub fn http_head(data: &[u8]) {
+    let origins = [origin::normalize("https://dash.lan:8443").unwrap_or_default()];
+    let mut reader = smol::io::Cursor::new(data);
+    let mut buf = Vec::new();
+    let seen = AtomicBool::new(false);
+    let read = smol::block_on(http::read_head(&mut reader, &mut buf, 4096, &seen, |rl| {
+        if rl.path == "/full" {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(rl.clone())
+        }
+    }));
+    let Ok((len, line, _)) = read else { return };
+    assert!(len <= buf.len() && buf[..len].ends_with(b"\r\n\r\n"));
+    let Ok(head) = Head::parse(&buf[..len]) else { return };
+    for tls in [false, true] {
+        for allowed in [None, Some(&origins[..])] {
+            if let Ok((upgrade, who)) = http::ws_request(&head, line.query.as_deref(), authenticator(), allowed, tls) {
+                assert_eq!(upgrade.accept_key.len(), 28);
+                assert_eq!(who.name.as_deref(), Some("t"), "only the one token gets in");
+            }
+        }
+    }
+    if let Some(o) = head.get("origin").and_then(|o| std::str::from_utf8(o).ok()) {
+        if let Some(n) = origin::normalize(o) {
+            assert_eq!(origin::normalize(&n).as_deref(), Some(n.as_str()), "normalizing is idempotent");
+        }
+    }
+}
+
+/// Topic and filter syntax, matching, permission coverage and the filter
+/// index, against each other: input is `filter \n topic \n permission`.
+pub fn topic(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    let mut parts = s.splitn(3, '\n');
+    let (filter, topic, permission) =
+        (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (f_ok, t_ok, p_ok) =
+        (validate_filter(filter).is_ok(), validate_topic(topic).is_ok(), validate_filter(permission).is_ok());
+    if t_ok {
+        assert!(validate_filter(topic).is_ok(), "a valid topic is a valid filter");
+    }
+    if !(f_ok && t_ok) {
+        return;
+    }
+    let m = matches(filter, topic);
+    if filter == topic {
+        assert!(m, "a filter without wildcards matches itself");
+    }
+    // The trie agrees with matches().
+    let mut index = FilterIndex::default();
+    index.insert(filter, (1, 1));
+    let mut found = false;
+    index.for_each_match(topic, |_| found = true);
+    assert_eq!(found, m, "index vs matches for {filter:?} {topic:?}");
+    index.remove(filter, (1, 1));
+    assert!(index.is_empty());
+    // Coverage is sound: a covered filter only ever matches what the permission matches.
+    if p_ok && covers(permission, filter) && m {
+        assert!(matches(permission, topic), "{permission:?} covers {filter:?} but not topic {topic:?}");
+    }
+    if p_ok {
+        assert!(covers(permission, permission), "a permission covers itself: {permission:?}");
+    }
+}
+
+/// MQTT payload -> Value: any bytes become a value that encodes and decodes
+/// back to itself, and the event frame around it decodes.
+pub fn value(data: &[u8]) {
+    let v = crate::value::parse(data);
+    let bytes = postcard::to_allocvec(&v).expect("a Value always encodes");
+    let back: Value = postcard::from_bytes(&bytes).expect("and decodes");
+    assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes, "{v:?}");
+    let frame = crate::hub::encode_event(7, 9, 11, &bytes);
+    let msgs = ServerMsg::decode_all(&frame).expect("an event frame decodes");
+    assert_eq!(msgs.len(), 1);
+}
