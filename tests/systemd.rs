@@ -300,3 +300,58 @@ fn socket_activation_serves_the_passed_listener_and_a_restart_refuses_nobody() {
     let epoch2 = during.join().unwrap().expect("the reconnect during the restart is served");
     assert_ne!(epoch1, epoch2, "served by the new process");
 }
+
+#[test]
+fn reload_swaps_tokens_and_origins_without_dropping_connected_clients_and_never_logs_a_token() {
+    use edgepush::client::{with_token, ConnectOptions};
+    let broker = Broker::start();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (old, new) = ("old-token-1f0e3dad99908345", "new-token-f4d3c2b1a0998877");
+    let token = |name: &str, secret: &str| {
+        let hash = edgepush::config::hex(&edgepush::auth::sha256(secret.as_bytes()));
+        format!("[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n")
+    };
+    let cfg_path = scratch_dir("reload-auth").join("edgepush.toml");
+    let text = |auth: &str| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n[mqtt]\nport = {}\nreconnect-min-ms = 50\n{auth}",
+            broker.port
+        )
+    };
+    write_config(&cfg_path, &text(&token("screen", old)));
+    let mut cmd = edgepush_command();
+    cmd.args(["run", "--config"]).arg(&cfg_path);
+    let d = Daemon::spawn(cmd);
+    wait_until(10_000, "the server linked", || TcpStream::connect(addr).is_ok() && get(addr, "/healthz").0 == 200);
+    let url = format!("ws://{addr}/ws");
+    let (mut kept, _) =
+        block_on_timeout(10_000, "a client with the old token", subscribed(&with_token(&url, old), &["#"]));
+
+    // The old token out, a new one in, and an explicit origin list.
+    let auth = format!("[auth]\nallowed-origins = [\"http://dash.lan:9000\"]\n{}", token("screen", new));
+    write_config(&cfg_path, &text(&auth));
+    d.signal(libc::SIGHUP);
+    d.wait_log("reload: config applied", 10_000);
+    let mut publisher = Publisher::connect(broker.port);
+    publisher.publish("plant/t", "7.5");
+    block_on_timeout(10_000, "the connected client keeps receiving", async {
+        until(&mut kept, 5000, |m| number(m) == Some(7.5)).await;
+    });
+    let with_origin = |o: &str| ConnectOptions { headers: vec![("Origin".into(), o.into())], ..Default::default() };
+    block_on_timeout(10_000, "new connections under the new config", async {
+        let stale = Client::connect(&with_token(&url, old)).await;
+        assert!(matches!(stale, Err(ClientError::Refused { status: 401, .. })), "{:?}", stale.err());
+        Client::connect(&with_token(&url, new)).await.expect("the new token");
+        let own = Client::connect_with(&with_token(&url, new), &with_origin(&format!("http://{addr}"))).await;
+        assert!(matches!(own, Err(ClientError::Refused { status: 403, .. })), "the list replaces the default");
+        Client::connect_with(&with_token(&url, new), &with_origin("http://dash.lan:9000")).await.expect("listed");
+    });
+    // Debug logging, every refusal logged: neither token, nor its hash, anywhere.
+    let log = d.lines().join("\n");
+    assert!(log.contains("token \"screen\""), "the name is logged:\n{log}");
+    for secret in [old, new] {
+        let hash = edgepush::config::hex(&edgepush::auth::sha256(secret.as_bytes()));
+        assert!(!log.contains(secret) && !log.contains(&hash[..16]), "a token or its hash in the log:\n{log}");
+    }
+}
