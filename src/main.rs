@@ -19,7 +19,7 @@ USAGE:
     edgepush run [--config FILE] [--board NAME]
     edgepush check-config [--config FILE] [--board NAME]
     edgepush hash-token < TOKEN
-    edgepush watch URL [FILTER...]
+    edgepush watch URL [FILTER...]   (URL: ws://HOST:PORT/ws or wss://...)
     edgepush demo [--listen ADDR] [--broker HOST:PORT]
     edgepush bench [OPTIONS]   (edgepush bench --help)
     edgepush --help | --version
@@ -32,7 +32,8 @@ COMMANDS:
                   for the sha256 of an [[auth.tokens]] entry.
     watch         Connect to a server (ws://HOST:PORT/ws) and print one line per
                   event: `topic seq value`. Filters default to '#'. A token is
-                  taken from the EDGEPUSH_TOKEN environment variable.
+                  taken from EDGEPUSH_TOKEN; for wss://, EDGEPUSH_CA names the
+                  PEM certificate (the server's, or its CA) to trust.
     demo          The whole pipeline on one machine: an embedded MQTT broker (or
                   --broker), a simulated sensor fleet, and the server with its
                   dashboard on 127.0.0.1:8080 (or --listen). Not in gateway builds.
@@ -316,7 +317,17 @@ fn watch(args: &[String]) -> ExitCode {
         Ok(token) if !token.is_empty() => edgepush::client::with_token(url, &token),
         _ => url.clone(),
     };
-    match smol::block_on(edgepush::client::watch(&url, &filters)) {
+    let mut opts = edgepush::client::ConnectOptions::default();
+    if let Some(ca) = std::env::var_os("EDGEPUSH_CA") {
+        match edgepush::client::trusting(std::path::Path::new(&ca)) {
+            Ok(tls) => opts.tls = Some(tls),
+            Err(e) => {
+                eprintln!("edgepush watch: EDGEPUSH_CA: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    match smol::block_on(edgepush::client::watch(&url, &filters, &opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ edgepush::client::ClientError::Refused { .. }) => {
             eprintln!("edgepush watch: {e}");

@@ -134,3 +134,45 @@ fn bad_tls_files_are_config_errors_naming_the_path() {
         assert!(err.contains(key) && err.contains(path), "{key} {path}: {err}");
     }
 }
+
+#[test]
+fn watch_follows_a_wss_server_with_a_token_trusting_its_certificate() {
+    use std::io::BufRead;
+    let broker = Broker::start();
+    let dir = scratch_dir("tls-watch");
+    let (section, _) = certificate(&dir);
+    let secret = "watch-token-9a8b7c6d5e4f3a2b";
+    let hash = edgepush::config::hex(&edgepush::auth::sha256(secret.as_bytes()));
+    let auth = format!("[[auth.tokens]]\nname = \"cli\"\nsha256 = \"{hash}\"\nsubscribe = [\"w/#\"]\n");
+    let server = Server::start_linked(&config(broker.port, &format!("{section}{auth}")));
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let watch = |ca: Option<&std::path::Path>, token: &str| {
+        let mut cmd = edgepush_command();
+        cmd.args(["watch", &url, "w/#"]).env("EDGEPUSH_TOKEN", token);
+        if let Some(ca) = ca {
+            cmd.env("EDGEPUSH_CA", ca);
+        }
+        cmd
+    };
+    // Not trusting anything, a wrong token: clear failures.
+    let out = watch(None, secret).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EDGEPUSH_CA"), "{out:?}");
+    let out = watch(Some(&dir.join("cert.pem")), "wrong").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    // Trusting the server's certificate, with the token: events.
+    let mut p = Publisher::connect(broker.port);
+    p.publish("w/t", "21.5");
+    p.flush();
+    let mut child = watch(Some(&dir.join("cert.pem")), secret)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "w/t 1 21.5");
+    p.publish("w/door", "open");
+    assert_eq!(lines.next().unwrap().unwrap(), "w/door 2 \"open\"");
+    let _ = child.kill();
+    let _ = child.wait();
+}

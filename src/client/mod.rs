@@ -6,9 +6,11 @@
 
 pub mod follow;
 pub mod ledger;
+pub mod stream;
 
 pub use follow::{Backoff, FollowStats, Follower, Update};
 pub use ledger::{Fate, Ledger};
+pub use stream::{trusting, ClientStream};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -27,7 +29,7 @@ use crate::protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value, SUBPROTOCOL
 /// Why the client stopped.
 #[derive(Debug)]
 pub enum ClientError {
-    /// The URL is not `ws://host:port/path`.
+    /// The URL is not `ws://` or `wss://host:port/path` (or wss without a trusted certificate).
     BadUrl(String),
     /// The server answered the handshake with this HTTP status.
     Refused { status: u16, reason: String },
@@ -44,7 +46,7 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::BadUrl(u) => write!(f, "not a ws:// URL: {u}"),
+            ClientError::BadUrl(u) => write!(f, "bad URL: {u}"),
             ClientError::Refused { status, reason } => write!(f, "refused with HTTP {status} {reason}"),
             ClientError::Closed(Some((code, reason))) => write!(f, "closed by the server: {code} {reason}"),
             ClientError::Closed(None) => write!(f, "connection closed"),
@@ -78,11 +80,13 @@ pub struct ConnectOptions {
     pub subprotocol: bool,
     /// Extra request headers, e.g. `Authorization` or `Origin`.
     pub headers: Vec<(String, String)>,
+    /// For `wss://`: the certificates to trust ([`trusting`]).
+    pub tls: Option<std::sync::Arc<futures_rustls::rustls::ClientConfig>>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { subprotocol: true, headers: Vec::new() }
+        ConnectOptions { subprotocol: true, headers: Vec::new(), tls: None }
     }
 }
 
@@ -99,22 +103,36 @@ pub struct Hello {
 
 /// One connection to an edgepush server.
 pub struct Client {
-    ws: WebSocketStream<Async<TcpStream>>,
+    ws: WebSocketStream<ClientStream>,
     hello: Hello,
     topics: HashMap<u32, String>,
     pending: VecDeque<ServerMsg>,
     last_seq: u64,
 }
 
-/// The host:port of a ws:// URL.
-fn authority(url: &str) -> Result<&str, ClientError> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
+/// The host[:port] of a ws:// or wss:// URL, and whether it is wss.
+fn authority(url: &str) -> Result<(&str, bool), ClientError> {
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(ClientError::BadUrl(format!("{url} (not ws:// or wss://)"))),
+    };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let auth = &rest[..end];
     if auth.is_empty() {
         return Err(ClientError::BadUrl(url.to_owned()));
     }
-    Ok(auth)
+    Ok((auth, tls))
+}
+
+/// The host of `host[:port]` (IPv6 in brackets), for TLS server names.
+fn host_of(authority: &str) -> &str {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => &authority[..i],
+        _ => authority,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']')
 }
 
 impl Client {
@@ -131,8 +149,9 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_with(url: &str, opts: &ConnectOptions) -> Result<Client, ClientError> {
-        let auth = authority(url)?;
-        let host_port = if auth.contains(':') { auth.to_owned() } else { format!("{auth}:80") };
+        let (auth, tls) = authority(url)?;
+        let has_port = auth.rfind(':').is_some_and(|i| !auth[i..].contains(']'));
+        let host_port = if has_port { auth.to_owned() } else { format!("{auth}:{}", if tls { 443 } else { 80 }) };
         let addrs = smol::net::resolve(host_port.as_str()).await.map_err(ClientError::Io)?;
         let addr = addrs.first().ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
         let stream = Async::<TcpStream>::connect(*addr).await.map_err(ClientError::Io)?;
@@ -145,8 +164,24 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn handshake(url: &str, stream: Async<TcpStream>, opts: &ConnectOptions) -> Result<Client, ClientError> {
-        authority(url)?;
+        let (auth, tls) = authority(url)?;
         let _ = stream.get_ref().set_nodelay(true);
+        let stream = if tls {
+            let Some(config) = &opts.tls else {
+                return Err(ClientError::BadUrl(format!(
+                    "{url}: wss needs the server's certificate (or its CA) to trust (EDGEPUSH_CA=cert.pem for watch)"
+                )));
+            };
+            let name = futures_rustls::rustls::pki_types::ServerName::try_from(host_of(auth).to_owned())
+                .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
+            let s = futures_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(ClientError::Io)?;
+            ClientStream::Tls(Box::new(s))
+        } else {
+            ClientStream::Plain(stream)
+        };
         let mut req = url.into_client_request()?;
         if opts.subprotocol {
             req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
@@ -300,12 +335,12 @@ pub fn with_token(url: &str, token: &str) -> String {
     out
 }
 
-pub async fn watch(url: &str, filters: &[&str]) -> Result<(), ClientError> {
+pub async fn watch(url: &str, filters: &[&str], opts: &ConnectOptions) -> Result<(), ClientError> {
     use std::io::Write;
     // Fail fast on a bad first connection; then follow.
-    let first = Client::connect(url).await?;
+    let first = Client::connect_with(url, opts).await?;
     first.close().await;
-    let mut f = Follower::new(url, filters, Backoff::default());
+    let mut f = Follower::with_options(url, filters, Backoff::default(), opts.clone());
     let stdout = std::io::stdout();
     loop {
         match f.next().await {
