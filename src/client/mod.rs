@@ -372,8 +372,13 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(authority("ws://127.0.0.1:8080/ws").unwrap(), "127.0.0.1:8080");
-        assert_eq!(authority("ws://gw?token=x").unwrap(), "gw");
+        assert_eq!(authority("ws://127.0.0.1:8080/ws").unwrap(), ("127.0.0.1:8080", false));
+        assert_eq!(authority("ws://gw?token=x").unwrap(), ("gw", false));
+        assert_eq!(authority("wss://gw.lan:8443/ws").unwrap(), ("gw.lan:8443", true));
+        assert_eq!(host_of("gw.lan:8443"), "gw.lan");
+        assert_eq!(host_of("[fe80::1]:8443"), "fe80::1");
+        assert_eq!(host_of("[fe80::1]"), "fe80::1");
+        assert_eq!(host_of("gw"), "gw");
         assert!(authority("http://x/ws").is_err());
         assert!(authority("ws:///ws").is_err());
     }
