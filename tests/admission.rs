@@ -142,7 +142,7 @@ fn bad_requests_get_their_statuses() {
     assert!(head.contains("Sec-WebSocket-Protocol: edgepush.v1\r\n"), "{head}");
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
     // Without any subprotocol: accepted too.
-    let plain = ConnectOptions { subprotocol: false, headers: vec![] };
+    let plain = ConnectOptions { subprotocol: false, ..Default::default() };
     block_on_timeout(5000, "connect", Client::connect_with(&server.url(), &plain)).unwrap();
     // The page.
     let (status, page) = get(addr, "/");
