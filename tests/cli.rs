@@ -239,3 +239,44 @@ fn board_profiles_are_selected_by_flag_or_key_and_flag_wins() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown board \"toaster\""));
 }
+
+#[test]
+fn hash_token_reads_stdin_and_check_config_never_shows_a_hash() {
+    let hash = |input: &str| {
+        let mut child = bin()
+            .arg("hash-token")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // `printf abc | sha256sum`; the line end is not part of the token.
+    let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    for input in ["abc", "abc\n", "abc\r\n"] {
+        let out = hash(input);
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{input:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("easy to guess"), "a short token is warned about");
+    }
+    let out = hash("a-long-enough-random-token-0123456789\n");
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("a-long-enough"), "the token is never echoed");
+    assert_eq!(hash("\n").status.code(), Some(64), "empty");
+    assert_eq!(bin().args(["hash-token", "abc"]).output().unwrap().status.code(), Some(64), "not from argv");
+
+    // check-config: the entry's name and scopes, not its hash; the warnings on stderr.
+    let path = write_config(&format!(
+        "[auth]\nallowed-origins = [\"*\"]\n[[auth.tokens]]\nname = \"wall\"\nsha256 = \"{want}\"\nsubscribe = [\"s/#\"]\n"
+    ));
+    let out = bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("name = \"wall\"") && !stdout.contains(&want[..16]), "{stdout}");
+    assert!(stderr.contains("allowed-origins") && stderr.contains("cross-site"), "{stderr}");
+    let open = write_config("listen = \"0.0.0.0:8080\"\n");
+    let out = bin().args(["check-config", "--config"]).arg(&open).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"), "mode = \"none\" is warned about");
+}
