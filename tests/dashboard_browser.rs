@@ -194,7 +194,16 @@ fn publish_sample(p: &mut Publisher, round: u32) {
 #[test]
 fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload() {
     let broker = Broker::start();
-    let cfg = config(broker.port, "[heartbeat]\ninterval-ms = 1000\ntimeout-ms = 1000");
+    // Token auth as on a gateway: the page passes its ?token= on, and the
+    // browser's own Origin (the server's host and port) passes the default check.
+    let hash = edgepush::config::hex(&edgepush::auth::sha256(b"t0ken-1"));
+    let cfg = config(
+        broker.port,
+        &format!(
+            "[heartbeat]\ninterval-ms = 1000\ntimeout-ms = 1000\n\
+             [[auth.tokens]]\nname = \"wall\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n"
+        ),
+    );
     let mut server = Server::start_linked(&cfg);
     let addr = server.addr;
     let mut publisher = Publisher::connect(broker.port);
@@ -222,6 +231,10 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
         cdp.eval("window.__sameDocument = 42").await;
         // The page's ?token= goes on to /ws.
         assert_eq!(cdp.eval("window.edgepush.ws.url.endsWith('/ws?token=t0ken-1')").await, json!(true));
+        // Without it, the browser's WebSocket is refused (401 before the upgrade).
+        let bare = "new Promise((ok) => { const w = new WebSocket(location.origin.replace('http', 'ws') + '/ws'); \
+                    w.onopen = () => ok('open'); w.onerror = () => ok('refused'); })";
+        assert_eq!(cdp.eval(bare).await, json!("refused"));
         // The filter box re-subscribes.
         cdp.eval("document.getElementById('filter').value = 'sensors/living-room/+'; document.getElementById('filter-form').requestSubmit(); true").await;
         cdp.wait_for(5000, "the filtered tiles", "document.querySelectorAll('.tile').length === 3").await;
