@@ -511,6 +511,8 @@ async fn handshake_phase(
     let parsed = http::Head::parse(head);
     let reply = |status, reason| http::error_response(status, reason, &[]);
     let page = DASHBOARD.iter().find(|(p, _, _)| *p == line.path);
+    // A refused /ws request is counted under its reason (BadRequest unless said).
+    let mut why = Refusal::BadRequest;
     let answer = match (&parsed, line.method.as_str(), line.path.as_str()) {
         (Err(r), _, _) => reply(r.status, r.reason),
         (_, m, _) if m != "GET" => http::error_response(405, "only GET", &[("Allow", "GET")]),
@@ -525,12 +527,12 @@ async fn handshake_phase(
                     http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
                 }
                 Err(Reject { status: 401, reason }) => {
-                    m.refused(Refusal::Unauthorized);
+                    why = Refusal::Unauthorized;
                     debug!("{peer}: refused: {reason}");
                     http::error_response(401, reason, &[("WWW-Authenticate", "Bearer")])
                 }
                 Err(Reject { status: 403, reason }) => {
-                    m.refused(Refusal::Origin);
+                    why = Refusal::Origin;
                     debug!("{peer}: refused: Origin {:?}", head.get("origin").map(String::from_utf8_lossy));
                     reply(403, reason)
                 }
@@ -544,9 +546,8 @@ async fn handshake_phase(
             None => reply(404, "not found"),
         },
     };
-    let counted = answer.starts_with(b"HTTP/1.1 401") || answer.starts_with(b"HTTP/1.1 403");
-    if line.path == "/ws" && !counted {
-        m.refused(Refusal::BadRequest);
+    if line.path == "/ws" {
+        m.refused(why);
     }
     http::send(&mut stream, &answer).await;
     None
