@@ -354,12 +354,20 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     // memory given back.
     let mut stuck = RawWs::upgrade(tcp_from(b.src(), addr, Some(4096)), addr, &bearer(WALL));
     stuck.write_raw(&bin(&subscribe(1, "sensors/#")));
+    // Publish until it is evicted: the kernel's send buffer on loopback can
+    // take megabytes before the outbox overflows (bounded: 30 MiB at most).
     let mut p = Publisher::connect(broker.port);
-    for i in 0..3000 {
-        p.publish(&format!("sensors/bulk/{}", i % 50), vec![b'x'; 1024]);
+    let evicted = || metric(addr, "edgepush_evicted_total") == Some(1.0);
+    for batch in 0..60 {
+        if evicted() {
+            break;
+        }
+        for i in 0..500 {
+            p.publish(&format!("sensors/bulk/{}", (batch * 500 + i) % 50), vec![b'x'; 1024]);
+        }
+        p.flush();
     }
-    p.flush();
-    wait_until(15_000, "the stuck client evicted", || metric(addr, "edgepush_evicted_total") == Some(1.0));
+    wait_until(15_000, "the stuck client evicted", evicted);
     // Its 1013 close frame was offered behind the data its window holds; the
     // socket ends either way (read it to the end, bounded).
     let mut frames = 0;
