@@ -152,7 +152,8 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     });
 
     // The steady stream, and the good client (its token in the query, as the dashboard sends it).
-    let stop = Arc::new(AtomicBool::new(false));
+    // The good client stops first (it wakes on the next event), then the publisher.
+    let (stop, stop_good) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let publisher = {
         let (stop, port) = (stop.clone(), broker.port);
         std::thread::spawn(move || {
@@ -168,7 +169,7 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     };
     let received = Arc::new(AtomicU64::new(0));
     let good = {
-        let (stop, received) = (stop.clone(), received.clone());
+        let (stop, received) = (stop_good.clone(), received.clone());
         let url = with_token(&format!("ws://{addr}/ws"), VIEWER);
         std::thread::spawn(move || {
             smol::block_on(async {
@@ -383,9 +384,10 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     }
     b.still_serving("a client that never reads -> evicted (1013)");
 
+    stop_good.store(true, Relaxed);
+    good.join().expect("the good client never lost its connection");
     stop.store(true, Relaxed);
     publisher.join().unwrap();
-    good.join().expect("the good client never lost its connection");
     let m = get(addr, "/metrics").1;
     for line in ["edgepush_refused_total{reason=\"unauthorized\"} 3", "edgepush_refused_total{reason=\"origin\"} 1"] {
         assert!(m.contains(line), "{line} in\n{m}");
