@@ -130,6 +130,12 @@ impl Metrics {
         put("lagged_total", "counter", "Times a client's outbox overflowed.", g(&self.lagged));
         put("evicted_total", "counter", "Slow clients closed with 1013.", g(&self.evicted));
         put(
+            "rate_limited_total",
+            "counter",
+            "Connections closed with 1008 for exceeding messages-per-second and burst.",
+            g(&self.rate_limited),
+        );
+        put(
             "heartbeat_timeouts_total",
             "counter",
             "Connections dropped for not answering a ping.",

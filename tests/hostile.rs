@@ -389,7 +389,12 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     stop.store(true, Relaxed);
     publisher.join().unwrap();
     let m = get(addr, "/metrics").1;
-    for line in ["edgepush_refused_total{reason=\"unauthorized\"} 3", "edgepush_refused_total{reason=\"origin\"} 1"] {
+    for line in [
+        "edgepush_refused_total{reason=\"unauthorized\"} 3",
+        "edgepush_refused_total{reason=\"origin\"} 1",
+        "edgepush_refused_total{reason=\"rate\"} ",
+        "edgepush_rate_limited_total 2",
+    ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
 }

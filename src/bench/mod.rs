@@ -626,7 +626,6 @@ fn rows(o: &Options) -> Vec<Row> {
 fn summary(o: &Options, records: &[Record]) -> String {
     let targets: Vec<&'static str> = {
         let mut t: Vec<&'static str> = records.iter().map(|r| r.target).collect();
-        t.dedup();
         t.sort();
         t.dedup();
         t
