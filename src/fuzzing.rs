@@ -6,15 +6,17 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
-use crate::auth::{sha256, Authenticator};
+use crate::listener::auth::{sha256, Authenticator};
 use crate::config::{Auth, AuthMode, Token};
-use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Permissions};
+use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
+use edgepush_protocol::Permissions;
 use crate::metrics::Metrics;
-use crate::origin;
+use crate::listener::origin;
 use crate::outbox::Outbox;
-use crate::protocol::{ClientMsg, ServerMsg, Value};
-use crate::server::http::{self, Head, HeadError};
-use crate::topic::{covers, matches, validate_filter, validate_topic, FilterIndex};
+use edgepush_protocol::{ClientMsg, ServerMsg, Value};
+use crate::listener::http::{self, Head, HeadError};
+use crate::hub::index::FilterIndex;
+use edgepush_protocol::topic::{covers, matches, validate_filter, validate_topic};
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -141,11 +143,11 @@ pub fn topic(data: &[u8]) {
 /// MQTT payload -> Value: any bytes become a value that encodes and decodes
 /// back to itself, and the event frame around it decodes.
 pub fn value(data: &[u8]) {
-    let v = crate::value::parse(data);
+    let v = edgepush_protocol::value::parse(data);
     let bytes = postcard::to_allocvec(&v).expect("a Value always encodes");
     let back: Value = postcard::from_bytes(&bytes).expect("and decodes");
     assert_eq!(postcard::to_allocvec(&back).unwrap(), bytes, "{v:?}");
-    let frame = crate::hub::encode_event(7, 9, 11, &bytes);
+    let frame = edgepush_protocol::ServerMsg::encode_event(7, 9, 11, &bytes);
     let msgs = ServerMsg::decode_all(&frame).expect("an event frame decodes");
     assert_eq!(msgs.len(), 1);
 }

@@ -1,48 +1,63 @@
 //! edgepush: a push server for edge gateways.
 //!
 //! It subscribes to the gateway's MQTT broker and pushes sensor events to
-//! dashboards as postcard-encoded binary WebSocket messages (`PROTOCOL.md`).
+//! dashboards as postcard-encoded binary WebSocket messages (the protocol:
+//! `docs/PROTOCOL.md`, implemented by the `edgepush-protocol` crate). The
+//! modules follow the data, from the broker to the dashboards:
 //!
 //! ```text
-//!  broker ──MQTT──▶ mqtt (rumqttc, own thread, tokio) ── bounded channel ──▶ hub (smol task)
-//!                                                                          │ topic table, latest values,
-//!                                                                          │ history ring, filter index
-//!                                                                          ▼ encode once, share bytes
-//!  dashboards ◀── binary WS frames ── session tasks ◀── bounded outbox per connection
-//!  accept loop ── admission (caps) ── HTTP head ── /ws upgrade | / | /healthz | /metrics
+//!  broker ─MQTT─▶ bridge ──▶ hub ──▶ outbox ──▶ session ──▶ socket ─WS─▶ dashboards
+//!                 (rumqttc,   (topics, latest,  (bounded,   (reader, writer,
+//!                  own thread) history, index;   per conn)   heartbeat, rate)
+//!                             encodes once)
+//!                                             listener: accept, admission, HTTP head,
+//!                                             auth, Origin, routes, the upgrade
+//!  daemon: start, signals, reload, systemd, logging   config: file, boards, TLS files
 //! ```
 //!
-//! Modules: [`config`] (file and board profiles), [`protocol`] (wire types),
-//! [`value`] (payload → Value), [`topic`] (filters, matching, the index),
-//! [`mqtt`] (the bridge, the only tokio code), [`hub`] (the state owner),
-//! [`outbox`] and [`heartbeat`] (per-connection logic without I/O),
-//! [`server`] (listener, HTTP, sessions), [`metrics`], [`client`] (a Rust
-//! client of the protocol), [`systemd`] (sd_notify, watchdog, socket
-//! activation) and [`logging`] (journald priorities); `bench` (feature
-//! `bench`) is the load tool behind `edgepush bench`.
+//! - [`bridge`]: the MQTT link (the only tokio code), payloads → values.
+//! - [`hub`]: the state owner: topic table, latest values, history ring,
+//!   the filter index, subscriptions, resume, publish.
+//! - [`outbox`]: the bounded queue from the hub to one connection.
+//! - [`session`]: one upgraded connection: reader, writer, heartbeat, rate
+//!   bucket, the shared timer wheel, the socket.
+//! - [`listener`]: accept loop, admission, the HTTP head, auth, Origin,
+//!   routes (`/`, `/healthz`, `/metrics`), the upgrade.
+//! - [`daemon`]: `edgepush run`: start, serve, reload, stop; systemd; logging.
+//! - [`config`]: the config file, board profiles, the files it names.
+//! - [`metrics`], [`clock`], [`hex`]: leaves every room uses.
+//! - [`cli`]: the commands beside `run`; [`demo`] (feature `demo`).
+//!
+//! Only what the binary, the tests, the benches and the fuzz targets need is
+//! public; [`internals`] is that set for the tests and benches, not an API.
 
-pub mod auth;
-#[cfg(feature = "bench")]
-pub mod bench;
-pub mod board;
-pub mod client;
-pub mod config;
+pub mod cli;
+pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod heartbeat;
-pub mod hub;
-pub mod limit;
-pub mod logging;
-pub mod metrics;
-pub mod mqtt;
-pub mod origin;
-pub mod outbox;
-pub mod protocol;
-pub mod rng;
-pub mod server;
-pub mod systemd;
-pub mod tls;
-pub mod topic;
-pub mod value;
+
+pub(crate) mod bridge;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub mod hex;
+pub(crate) mod hub;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod outbox;
+pub(crate) mod session;
+
+/// The server's insides, for its integration tests, benches and fuzz
+/// targets (they are other crates). Not an API: anything here may change.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::clock::now_ms;
+    pub use crate::config::{board_profile, Config, ConfigError};
+    pub use crate::daemon::{start, start_on, Running};
+    pub use crate::hex;
+    pub use crate::hub::{index::FilterIndex, BridgeMsg, Hub, HubCmd, HubConfig};
+    pub use crate::listener::auth::sha256;
+    pub use crate::metrics::{rss_kib, Metrics, Refusal};
+    pub use crate::outbox::{Bytes, Outbox, Take};
+}

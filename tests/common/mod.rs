@@ -62,15 +62,28 @@ pub fn wait_until(limit_ms: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The `edgepush` binary: cargo names it to the server's own tests; the
+/// other members' tests (the load tool's) find it where the same cargo
+/// invocation built it, beside their own target folder.
+pub fn edgepush_bin() -> PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_edgepush") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("edgepush");
+    assert!(bin.is_file(), "{} is missing: run the tests from the workspace root (cargo test)", bin.display());
+    bin
+}
+
 /// A command running the `edgepush` binary, through `EDGEPUSH_TEST_RUNNER`
 /// when set (under qemu-user the test cannot exec an ARM binary directly).
 pub fn edgepush_command() -> Command {
-    let bin = env!("CARGO_BIN_EXE_edgepush");
+    let bin = edgepush_bin();
     match std::env::var("EDGEPUSH_TEST_RUNNER").ok().filter(|r| !r.trim().is_empty()) {
         Some(runner) => {
             let mut parts = runner.split_whitespace();
             let mut c = Command::new(parts.next().expect("a runner program"));
-            c.args(parts).arg(bin);
+            c.args(parts).arg(&bin);
             c
         }
         None => Command::new(bin),

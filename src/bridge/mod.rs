@@ -1,0 +1,257 @@
+//! The MQTT bridge: rumqttc on its own thread with a tokio current-thread
+//! runtime (the only tokio code in edgepush), handing events to the hub over a
+//! bounded channel, so a busy hub slows the broker link instead of losing data.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender};
+use log::{debug, info, warn};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeFilter};
+use smol::future::FutureExt as _;
+
+use crate::config;
+use crate::clock::now_ms;
+use crate::hub::{BridgeMsg, Publish};
+use crate::metrics::Metrics;
+use edgepush_protocol::value;
+
+/// Largest MQTT packet accepted from the broker. A larger one makes rumqttc
+/// drop the link, so this is generous; sensor payloads are far smaller.
+const MAX_INCOMING_PACKET: usize = 1 << 20;
+/// How long the broker gets to answer CONNECT (rumqttc's default, named for the log).
+const CONNECT_TIMEOUT_S: u64 = 5;
+
+/// Capped exponential backoff between reconnect attempts.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, next: min }
+    }
+
+    /// The delay before the next attempt; doubles up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Topics the gateway never forwards.
+fn is_forwarded(topic: &str) -> bool {
+    !(topic == "$SYS" || topic.starts_with("$SYS/"))
+}
+
+/// Starts the bridge thread. It ends when `stop` closes or the hub is gone.
+///
+/// # Errors
+/// The thread or its runtime could not be created.
+pub fn spawn(
+    cfg: config::Mqtt,
+    to_hub: Sender<BridgeMsg>,
+    publishes: Receiver<Publish>,
+    stop: Receiver<()>,
+    probes: Receiver<Sender<()>>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+        // The watchdog's probe: answered from this thread's runtime, so a
+        // wedged bridge goes quiet (and costs nothing when no watchdog asks).
+        rt.spawn(async move {
+            while let Ok(reply) = probes.recv().await {
+                let _ = reply.try_send(());
+            }
+        });
+        rt.block_on(run(cfg, to_hub, publishes, stop, metrics))
+    })
+}
+
+async fn run(
+    cfg: config::Mqtt,
+    to_hub: Sender<BridgeMsg>,
+    publishes: Receiver<Publish>,
+    stop: Receiver<()>,
+    metrics: Arc<Metrics>,
+) {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(u64::from(cfg.keepalive_s)));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
+    opts.set_request_channel_capacity(64);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.0.clone());
+    } else if let Some(u) = &cfg.username {
+        opts.set_credentials(u.clone(), "");
+    }
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_connection_timeout(CONNECT_TIMEOUT_S);
+    events.set_network_options(network);
+    let filters: Vec<SubscribeFilter> =
+        cfg.subscribe.iter().map(|f| SubscribeFilter::new(f.clone(), qos(cfg.qos))).collect();
+
+    let publisher = client.clone();
+    tokio::spawn(async move {
+        while let Ok(p) = publishes.recv().await {
+            if let Err(e) = publisher.publish(p.topic, QoS::AtLeastOnce, p.retain, p.payload).await {
+                warn!("mqtt: could not queue a client publish: {e}");
+            }
+        }
+    });
+
+    let mut backoff =
+        Backoff::new(Duration::from_millis(cfg.reconnect_min_ms), Duration::from_millis(cfg.reconnect_max_ms));
+    let broker = format!("{}:{}", cfg.host, cfg.port);
+    let mut up = false;
+    let mut ever_up = false;
+    let mut failures = 0u32;
+    // Resolves when the server asks the bridge to stop.
+    let stopped = || async {
+        let _ = stop.recv().await;
+    };
+    loop {
+        let Some(polled) = async { Some(events.poll().await) }
+            .or(async {
+                stopped().await;
+                None
+            })
+            .await
+        else {
+            debug!("mqtt: bridge stopping");
+            let _ = client.try_disconnect();
+            return;
+        };
+        let msg = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                    warn!("mqtt: could not subscribe at {broker}: {e}");
+                }
+                continue;
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                use rumqttc::SubscribeReasonCode::Failure;
+                if ack.return_codes.iter().any(|c| matches!(c, Failure)) {
+                    warn!("mqtt: {broker} refused some of the filters {:?}", cfg.subscribe);
+                }
+                if up {
+                    continue;
+                }
+                up = true;
+                failures = 0;
+                backoff.reset();
+                if ever_up {
+                    Metrics::inc(&metrics.broker_reconnects);
+                    info!("mqtt: link to {broker} is back");
+                } else {
+                    info!("mqtt: connected to {broker}, subscribed to {:?}", cfg.subscribe);
+                }
+                ever_up = true;
+                metrics.broker_up.store(true, Relaxed);
+                BridgeMsg::Link { up: true }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if !is_forwarded(&p.topic) {
+                    continue;
+                }
+                let v = value::parse(&p.payload);
+                let value = postcard::to_allocvec(&v).expect("encoding into a Vec cannot fail");
+                BridgeMsg::Event { topic: p.topic, value, ts_ms: now_ms() }
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                failures += 1;
+                let why = describe(&e);
+                if up {
+                    warn!("mqtt: lost the link to {broker}: {why}; reconnecting in {delay:?}");
+                } else if failures == 1 || failures.is_power_of_two() {
+                    warn!("mqtt: cannot connect to {broker}: {why}; retrying in {delay:?} (attempt {failures})");
+                } else {
+                    debug!("mqtt: cannot connect to {broker}: {why}; retrying in {delay:?}");
+                }
+                let was_up = std::mem::replace(&mut up, false);
+                metrics.broker_up.store(false, Relaxed);
+                if was_up && to_hub.send(BridgeMsg::Link { up: false }).await.is_err() {
+                    return;
+                }
+                let slept = async {
+                    tokio::time::sleep(delay).await;
+                    true
+                };
+                if !slept
+                    .or(async {
+                        stopped().await;
+                        false
+                    })
+                    .await
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        if to_hub.send(msg).await.is_err() {
+            debug!("mqtt: hub gone, bridge stopping");
+            return;
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    use rumqttc::ConnectReturnCode as Code;
+    match e {
+        ConnectionError::ConnectionRefused(code @ (Code::BadUserNamePassword | Code::NotAuthorized)) => {
+            format!("the broker refused the connection ({code:?}): check [mqtt] username and password")
+        }
+        ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+        ConnectionError::NetworkTimeout => {
+            format!("no CONNACK within {CONNECT_TIMEOUT_S} s: the broker is slow or stuck accepting connections")
+        }
+        ConnectionError::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(250), ms(1000));
+        let got: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        assert_eq!(got, vec![ms(250), ms(500), ms(1000), ms(1000), ms(1000)]);
+        b.reset();
+        assert_eq!(b.next_delay(), ms(250));
+    }
+
+    #[test]
+    fn sys_topics_are_never_forwarded() {
+        assert!(!is_forwarded("$SYS/broker/uptime"));
+        assert!(!is_forwarded("$SYS"));
+        assert!(is_forwarded("$SYSTEM/x"));
+        assert!(is_forwarded("sensors/t"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The listener: the accept loop, admission (caps, per-address rates), the
+//! HTTP request head, authentication and Origin, the routes beside `/ws`, and
+//! the upgrade that hands a connection to its [`Session`].
+
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod http;
+pub(crate) mod origin;
+mod routes;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::WebSocketStream;
+use log::{debug, info, warn};
+use smol::future::FutureExt as _;
+use smol::{Async, Executor, Timer};
+
+use crate::config::Config;
+use crate::hub::HubCmd;
+use crate::metrics::{Metrics, Refusal};
+use crate::session::socket::{Raw, Socket, Ws};
+use crate::session::{Session, SessionConfig};
+
+use admission::Admission;
+use auth::{Authenticator, Identity};
+use http::{HeadError, Reject};
+
+/// State every connection handler shares.
+pub(crate) struct Shared {
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) hub: Sender<HubCmd>,
+    /// The settings a reload can change; each connection takes the current
+    /// ones when it is accepted.
+    pub(crate) live: RwLock<Arc<Live>>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) next_conn: AtomicU64,
+    /// Connections still reading their request head; capped so a flood of
+    /// silent sockets cannot pile up tasks for `handshake-timeout-ms` each.
+    pub(crate) handshaking: AtomicUsize,
+}
+
+/// The per-connection settings from the config, swapped whole on reload.
+pub(crate) struct Live {
+    session: Arc<SessionConfig>,
+    auth: Authenticator,
+    /// `[auth] allowed-origins`, normalized; None: the request's own Host.
+    origins: Option<Vec<String>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    max_handshaking: usize,
+    handshake_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl Live {
+    /// # Errors
+    /// The `[tls]` files no longer load (changed since the config was checked).
+    pub(crate) fn new(cfg: &Config) -> Result<Live, String> {
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => Some(crate::config::tls::server_config(t).map_err(|(k, why)| format!("tls.{k}: {why}"))?),
+        };
+        Ok(Live {
+            session: Arc::new(SessionConfig {
+                heartbeat_interval: Duration::from_millis(cfg.heartbeat.interval_ms),
+                heartbeat_timeout: Duration::from_millis(cfg.heartbeat.timeout_ms),
+                slow_client_timeout: Duration::from_millis(cfg.limits.slow_client_timeout_ms),
+                outbox_messages: cfg.limits.outbox_messages,
+                max_message_bytes: cfg.limits.max_message_bytes,
+                messages_per_second: cfg.limits.messages_per_second,
+                burst: cfg.limits.burst,
+            }),
+            auth: Authenticator::new(&cfg.auth),
+            origins: cfg.auth.allowed_origins.clone(),
+            tls,
+            max_handshaking: cfg.limits.max_connections.max(64),
+            handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
+            max_header_bytes: cfg.limits.max_header_bytes,
+        })
+    }
+}
+
+impl Shared {
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub(crate) async fn accept_loop(
+    listener: Async<TcpListener>,
+    shared: Arc<Shared>,
+    ex: Arc<Executor<'static>>,
+    stop: Receiver<()>,
+) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = stop.recv().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                let live = shared.live();
+                if shared.handshaking.load(Relaxed) >= live.max_handshaking {
+                    // Too many heads in progress: closing now costs nothing.
+                    shared.metrics.refused(Refusal::Timeout);
+                    debug!("{peer}: dropped, {} request heads already pending", live.max_handshaking);
+                    continue;
+                }
+                let _ = stream.get_ref().set_nodelay(true);
+                ex.spawn(connection(stream, peer, shared.clone(), live)).detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                warn!("accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One accepted TCP connection, from its first byte to its end.
+async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>, live: Arc<Live>) {
+    shared.handshaking.fetch_add(1, Relaxed);
+    let handshake = Handshaking(&shared.handshaking);
+    // Boxed: the handshake's state (head buffers and all) is freed once it is
+    // done instead of sizing the whole connection's long-lived future.
+    let Some((ws, slot, who)) = Box::pin(handshake_phase(stream, peer, &shared, &live)).await else { return };
+    drop(handshake);
+    let session = Session {
+        conn: shared.next_conn.fetch_add(1, Relaxed),
+        peer,
+        cfg: live.session.clone(),
+        hub: shared.hub.clone(),
+        perms: who.perms,
+        metrics: shared.metrics.clone(),
+        slot,
+    };
+    match &who.name {
+        Some(name) => debug!("{peer}: upgraded as connection {} with token {name:?}", session.conn),
+        None => debug!("{peer}: upgraded as connection {}", session.conn),
+    }
+    session.run(ws).await;
+}
+
+/// Counts a connection as handshaking until dropped.
+struct Handshaking<'a>(&'a AtomicUsize);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Reads and answers the request head. Returns the upgraded WebSocket and the
+/// admission slot; None when the request was answered (or dropped) here.
+async fn handshake_phase(
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    live: &Live,
+) -> Option<(Ws, admission::Slot, Identity)> {
+    // One deadline for the TLS handshake and the request head together.
+    let deadline = Instant::now() + live.handshake_timeout;
+    let mut stream = match &live.tls {
+        None => Socket::Plain(Raw::new(stream)),
+        Some(tls) => {
+            // Boxed: rustls' handshake state is kilobytes that plain connections need not carry.
+            let accept = Box::pin(futures_rustls::TlsAcceptor::from(tls.clone()).accept(Raw::new(stream)));
+            let timeout = async {
+                Timer::at(deadline).await;
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            };
+            match accept.or(timeout).await {
+                Ok(s) => Socket::Tls(Box::new(s)),
+                Err(e) => {
+                    let why = if e.kind() == io::ErrorKind::TimedOut { Refusal::Timeout } else { Refusal::BadRequest };
+                    shared.metrics.refused(why);
+                    debug!("{peer}: TLS handshake failed: {e}");
+                    return None;
+                }
+            }
+        }
+    };
+    let line_seen = AtomicBool::new(false);
+    let mut buf = Vec::with_capacity(512);
+    let m = &shared.metrics;
+    // Only /ws requests take a slot, from the moment their request line asks for it.
+    let admit = |rl: &http::RequestLine| {
+        if rl.path != "/ws" {
+            return Ok(None);
+        }
+        if shared.shutting_down.load(Relaxed) {
+            return Err(HeadError::Refused(Refusal::ShuttingDown));
+        }
+        shared.admission.try_admit(peer.ip()).map(Some).map_err(HeadError::Refused)
+    };
+    let read = http::read_head(&mut stream, &mut buf, live.max_header_bytes, &line_seen, admit);
+    let timeout = async {
+        Timer::at(deadline).await;
+        Err(None)
+    };
+    let (head_len, line, slot) = match async { read.await.map_err(Some) }.or(timeout).await {
+        Ok(done) => done,
+        Err(failure) => {
+            let (why, answer) = match failure {
+                None if line_seen.load(Relaxed) => {
+                    (Refusal::Timeout, Some(http::error_response(408, "request head too slow", &[])))
+                }
+                None => (Refusal::Timeout, None),
+                Some(HeadError::TooLarge) => {
+                    (Refusal::HeaderTooLarge, Some(http::error_response(431, "request head too large", &[])))
+                }
+                Some(HeadError::Malformed) => {
+                    (Refusal::BadRequest, Some(http::error_response(400, "malformed request", &[])))
+                }
+                Some(HeadError::Refused(Refusal::ShuttingDown)) => {
+                    (Refusal::ShuttingDown, Some(http::error_response(503, "shutting down", &[("Retry-After", "5")])))
+                }
+                Some(HeadError::Refused(Refusal::Capacity)) => {
+                    (Refusal::Capacity, Some(http::error_response(503, "server full", &[("Retry-After", "5")])))
+                }
+                Some(HeadError::Refused(r)) => {
+                    (r, Some(http::error_response(429, "too many connections from your address", &[])))
+                }
+                Some(HeadError::Closed) => return None,
+            };
+            m.refused(why);
+            debug!("{peer}: refused ({why:?})");
+            if let Some(a) = answer {
+                http::send(&mut stream, &a).await;
+            }
+            return None;
+        }
+    };
+    let head = &buf[..head_len];
+    let parsed = http::Head::parse(head);
+    let reply = |status, reason| http::error_response(status, reason, &[]);
+    // A refused /ws request is counted under its reason (BadRequest unless said).
+    let mut why = Refusal::BadRequest;
+    let answer = match (&parsed, line.method.as_str(), line.path.as_str()) {
+        (Err(r), _, _) => reply(r.status, r.reason),
+        (_, m, _) if m != "GET" => http::error_response(405, "only GET", &[("Allow", "GET")]),
+        (Ok(head), _, "/ws") => {
+            let tls = live.tls.is_some();
+            match http::ws_request(head, line.query.as_deref(), &live.auth, live.origins.as_deref(), tls) {
+                Ok((upgrade, who)) => {
+                    let (ws, slot) = upgraded(stream, buf, head_len, &upgrade, slot, live).await?;
+                    return Some((ws, slot, who));
+                }
+                Err(Reject { status: 426, reason }) => {
+                    http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
+                }
+                Err(Reject { status: 401, reason }) => {
+                    why = Refusal::Unauthorized;
+                    debug!("{peer}: refused: {reason}");
+                    http::error_response(401, reason, &[("WWW-Authenticate", "Bearer")])
+                }
+                Err(Reject { status: 403, reason }) => {
+                    why = Refusal::Origin;
+                    debug!("{peer}: refused: Origin {:?}", head.get("origin").map(String::from_utf8_lossy));
+                    reply(403, reason)
+                }
+                Err(Reject { status, reason }) => reply(status, reason),
+            }
+        }
+        (_, _, path) => routes::get(path, shared),
+    };
+    if line.path == "/ws" {
+        m.refused(why);
+    }
+    http::send(&mut stream, &answer).await;
+    None
+}
+
+
+/// Answers 101 and wraps the socket, with any bytes the client sent after its head.
+async fn upgraded(
+    mut stream: Socket,
+    mut buf: Vec<u8>,
+    head_len: usize,
+    upgrade: &http::Upgrade,
+    slot: Option<admission::Slot>,
+    live: &Live,
+) -> Option<(Ws, admission::Slot)> {
+    let slot = slot?;
+    use smol::io::AsyncWriteExt;
+    stream.write_all(&http::switching_protocols(upgrade)).await.ok()?;
+    let rest = buf.split_off(head_len);
+    drop(buf);
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(live.session.websocket())).await;
+    Some((ws, slot))
+}
+
