@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use edgepush::hub::encode_event;
-use edgepush::outbox::{Outbox, Take};
-use edgepush::protocol::{ServerMsg, Value};
-use edgepush::topic::{self, FilterIndex};
+use edgepush::internals::FilterIndex;
+use edgepush::internals::{Outbox, Take};
+use edgepush_protocol::topic;
+use edgepush_protocol::{ServerMsg, Value};
 
 const SAMPLES: usize = 15;
 
@@ -56,10 +56,10 @@ fn main() {
 
     if on("value") {
         bench("value::parse number payload", 1, || {
-            black_box(edgepush::value::parse(black_box(b"21.5")));
+            black_box(edgepush_protocol::value::parse(black_box(b"21.5")));
         });
         bench("value::parse JSON fields payload", 1, || {
-            black_box(edgepush::value::parse(black_box(br#"{"t":21.5,"rh":40}"#)));
+            black_box(edgepush_protocol::value::parse(black_box(br#"{"t":21.5,"rh":40}"#)));
         });
     }
 
@@ -67,7 +67,7 @@ fn main() {
         let mut seq = 0u64;
         bench("encode_event (hub: once per event)", 1, || {
             seq += 1;
-            black_box(encode_event(black_box(7), seq, 1_764_000_000_000, &value_bytes));
+            black_box(ServerMsg::encode_event(black_box(7), seq, 1_764_000_000_000, &value_bytes));
         });
         let msg = ServerMsg::Event { topic: 7, seq: 1, ts_ms: 1_764_000_000_000, value: value.clone() };
         bench("ServerMsg::encode via serde (for comparison)", 1, || {
@@ -99,7 +99,7 @@ fn main() {
 
     if on("fan-out") {
         let outboxes: Vec<Arc<Outbox>> = (0..1000).map(|_| Outbox::new(256)).collect();
-        let event = encode_event(7, 1, 1_764_000_000_000, &value_bytes);
+        let event: edgepush::internals::Bytes = ServerMsg::encode_event(7, 1, 1_764_000_000_000, &value_bytes).into();
         let cx = Context::from_waker(Waker::noop());
         let mut frame = Vec::with_capacity(64 * 1024);
         let mut pushed = 0;

@@ -14,7 +14,8 @@ export EDGEPUSH_TEST_TIME_SCALE=${EDGEPUSH_TEST_TIME_SCALE:-8}
 export EDGEPUSH_TEST_SCALE_CLIENTS=${EDGEPUSH_TEST_SCALE_CLIENTS:-200}
 export EDGEPUSH_SOAK_SECS=${EDGEPUSH_SOAK_SECS:-45}
 
-# Gateway builds leave out the demo (and its embedded broker), and so do these tests.
+# The gateway's packages: the server (as a gateway builds it, so no demo), the
+# protocol and the client. The load tool is not for gateways (crates/bench).
 # The package test packages the host build; the ARM packages come from cross/deb.sh.
-"$CARGO" test "${BUILD_STD[@]}" --target "$TARGET" --no-default-features -- --test-threads 2 \
+"$CARGO" test "${BUILD_STD[@]}" --target "$TARGET" -p edgepush -p edgepush-protocol -p edgepush-client -- --test-threads 2 \
     --skip deb_package_installs_every_file

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use edgepush::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Permissions};
-use edgepush::metrics::Metrics;
-use edgepush::outbox::{Outbox, Take};
-use edgepush::protocol::{ClientMsg, Value};
+use edgepush::internals::Metrics;
+use edgepush::internals::{BridgeMsg, Hub, HubCmd, HubConfig};
+use edgepush::internals::{Outbox, Take};
+use edgepush_protocol::Permissions;
+use edgepush_protocol::{ClientMsg, Value};
 
 fn main() {
     let conns = 1000u64;

@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use edgepush::client::Client;
-use edgepush::protocol::ServerMsg;
+use edgepush_client::Client;
+use edgepush_protocol::ServerMsg;
 
 fn rss_kib(pid: u32) -> u64 {
-    edgepush::metrics::rss_kib(pid).expect("the server's VmRSS in /proc")
+    edgepush::internals::rss_kib(pid).expect("the server's VmRSS in /proc")
 }
 
 fn main() {

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 fn rss_kib(pid: u32) -> u64 {
-    edgepush::metrics::rss_kib(pid).expect("the server's VmRSS in /proc")
+    edgepush::internals::rss_kib(pid).expect("the server's VmRSS in /proc")
 }
 
 fn main() {

@@ -89,4 +89,3 @@ pub fn hash_token(args: &[String]) -> ExitCode {
     println!("{}", crate::hex::encode(&crate::listener::auth::sha256(token.as_bytes())));
     ExitCode::SUCCESS
 }
-

@@ -6,17 +6,17 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
-use crate::listener::auth::{sha256, Authenticator};
 use crate::config::{Auth, AuthMode, Token};
-use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
-use edgepush_protocol::Permissions;
-use crate::metrics::Metrics;
-use crate::listener::origin;
-use crate::outbox::Outbox;
-use edgepush_protocol::{ClientMsg, ServerMsg, Value};
-use crate::listener::http::{self, Head, HeadError};
 use crate::hub::index::FilterIndex;
+use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
+use crate::listener::auth::{sha256, Authenticator};
+use crate::listener::http::{self, Head, HeadError};
+use crate::listener::origin;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use edgepush_protocol::topic::{covers, matches, validate_filter, validate_topic};
+use edgepush_protocol::Permissions;
+use edgepush_protocol::{ClientMsg, ServerMsg, Value};
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);

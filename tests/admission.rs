@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::{Client, ClientError, ConnectOptions};
+use edgepush_client::{Client, ClientError, ConnectOptions};
 
 fn refused(url: &str, opts: &ConnectOptions) -> u16 {
     match block_on_timeout(5000, "connect", Client::connect_with(url, opts)) {
@@ -207,7 +207,7 @@ fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
     let n = extra.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0);
     assert!(started.elapsed() < scaled(2000), "closed at once, not at the timeout: {:?}", started.elapsed());
-    assert_eq!(m.refused_count(edgepush::metrics::Refusal::Timeout), 1);
+    assert_eq!(m.refused_count(edgepush::internals::Refusal::Timeout), 1);
     drop(silent);
     // Once they are gone, requests are served again.
     wait_until(5000, "healthz again", || {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use edgepush::protocol::{ClientMsg, ServerMsg};
+use edgepush_protocol::{ClientMsg, ServerMsg};
 
 #[test]
 fn each_violation_gets_its_close_code_and_others_keep_receiving() {

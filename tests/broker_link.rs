@@ -6,8 +6,8 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 
 use common::*;
-use edgepush::client::Client;
-use edgepush::protocol::{ClientMsg, ServerMsg};
+use edgepush_client::Client;
+use edgepush_protocol::{ClientMsg, ServerMsg};
 
 #[test]
 fn broker_killed_and_restarted_clients_are_told_and_events_flow_again() {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::Client;
+use edgepush_client::Client;
 
 fn bin() -> Command {
     edgepush_command()
@@ -206,7 +206,7 @@ fn demo_runs_the_whole_pipeline_without_a_broker_installed() {
         let mut topics = std::collections::BTreeSet::new();
         let mut kinds = std::collections::HashSet::new();
         while topics.len() < 12 || kinds.len() < 3 {
-            if let edgepush::protocol::ServerMsg::Event { topic, value, .. } = next(&mut c).await {
+            if let edgepush_protocol::ServerMsg::Event { topic, value, .. } = next(&mut c).await {
                 topics.insert(c.topic_name(topic).unwrap().to_owned());
                 kinds.insert(std::mem::discriminant(&value));
             }

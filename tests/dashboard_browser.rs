@@ -196,7 +196,7 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
     let broker = Broker::start();
     // Token auth as on a gateway: the page passes its ?token= on, and the
     // browser's own Origin (the server's host and port) passes the default check.
-    let hash = edgepush::config::hex(&edgepush::auth::sha256(b"t0ken-1"));
+    let hash = edgepush::hex::encode(&edgepush::internals::sha256(b"t0ken-1"));
     let cfg = config(
         broker.port,
         &format!(
@@ -250,7 +250,7 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
             )
             .await;
         smol::Timer::after(Duration::from_millis(100)).await;
-        let published_at = edgepush::hub::now_ms();
+        let published_at = edgepush::internals::now_ms();
         publisher.publish("lab/probe", "23.456");
         let shown_at =
             timeout(5000, "the probe value on screen", cdp.answer(watch)).await["result"]["value"].as_u64().unwrap();

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use edgepush::protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
+use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
 use serde_json::{json, Value as Json};
 
 fn hex(b: &[u8]) -> String {

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use edgepush::client::Client;
-use edgepush::protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
+use edgepush_client::Client;
+use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
 
 fn events(msgs: &[ServerMsg]) -> Vec<(u32, u64, Value)> {
     msgs.iter()
@@ -63,7 +63,7 @@ fn hello_then_events_of_every_value_kind() {
         assert_eq!(next(&mut c).await, ServerMsg::Pong { nonce: 99 });
         // ts_ms is the gateway's receive time.
         if let Some(ServerMsg::Event { ts_ms, .. }) = got.iter().find(|m| matches!(m, ServerMsg::Event { .. })) {
-            let now = edgepush::hub::now_ms();
+            let now = edgepush::internals::now_ms();
             assert!(*ts_ms <= now && now - *ts_ms < 60_000, "{ts_ms} vs {now}");
         }
     });

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::{Backoff, Follower, Update};
+use edgepush_client::{Backoff, Follower, Update};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip (Debian package iproute2)");

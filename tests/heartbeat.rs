@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::protocol::ServerMsg;
+use edgepush_protocol::ServerMsg;
 
 #[test]
 fn an_idle_client_that_answers_pings_gets_heartbeats_and_stays() {
@@ -20,7 +20,7 @@ fn an_idle_client_that_answers_pings_gets_heartbeats_and_stays() {
         while beats < 5 {
             match next(&mut c).await {
                 ServerMsg::Heartbeat { ts_ms } => {
-                    let now = edgepush::hub::now_ms();
+                    let now = edgepush::internals::now_ms();
                     assert!(ts_ms <= now && now - ts_ms < 5000);
                     beats += 1;
                 }

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::auth::sha256;
-use edgepush::client::{with_token, Client, ConnectOptions};
-use edgepush::config::hex;
-use edgepush::protocol::{ClientMsg, ServerMsg};
+use edgepush::hex::encode as hex;
+use edgepush::internals::sha256;
+use edgepush_client::{with_token, Client, ConnectOptions};
+use edgepush_protocol::{ClientMsg, ServerMsg};
 
 /// The most the server's RSS may grow over its level with the good client
 /// connected, at any point in the matrix.
@@ -59,7 +59,7 @@ impl Bench {
     fn still_serving(&self, case: &str) {
         let before = self.received.load(Relaxed);
         wait_until(10_000, &format!("{case}: the good client receiving"), || self.received.load(Relaxed) >= before + 5);
-        let rss = edgepush::metrics::rss_kib(self.pid).expect("VmRSS");
+        let rss = edgepush::internals::rss_kib(self.pid).expect("VmRSS");
         println!("{case:<48} ok; server RSS {rss} KiB (baseline {} KiB)", self.baseline_kib);
         assert!(rss <= self.baseline_kib + RSS_HEADROOM_KIB, "{case}: server RSS {rss} KiB");
     }
@@ -188,7 +188,7 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
         })
     };
     wait_until(10_000, "the good client's first events", || received.load(Relaxed) >= 5);
-    let baseline_kib = edgepush::metrics::rss_kib(server.child.id()).unwrap();
+    let baseline_kib = edgepush::internals::rss_kib(server.child.id()).unwrap();
     let mut b = Bench { addr, pid: server.child.id(), received, baseline_kib, next_src: 0 };
 
     // Credentials and Origin: refused before the upgrade.

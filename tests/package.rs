@@ -66,6 +66,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("-rw-r-----", "0/0", "./etc/edgepush/edgepush.toml"),
     ("-rw-r--r--", "0/0", "./usr/lib/systemd/system/edgepush.service"),
     ("-rw-r--r--", "0/0", "./usr/lib/systemd/system/edgepush.socket"),
+    ("-rw-r--r--", "0/0", "./usr/share/doc/edgepush/PROTOCOL.md"),
     ("-rw-r--r--", "0/0", "./usr/share/doc/edgepush/README.md"),
     ("-rw-r--r--", "0/0", "./usr/share/doc/edgepush/copyright"),
     ("-rw-r--r--", "0/0", "./usr/share/edgepush/boards/beaglebone-black.toml"),
@@ -209,7 +210,7 @@ fn deb_package_installs_every_file_with_its_mode_and_owner_and_its_units_pass_sy
 
 #[test]
 fn annotated_config_is_valid_and_its_commented_values_are_the_defaults() {
-    use edgepush::config::Config;
+    use edgepush::internals::Config;
     let annotated = include_str!("../systemd/edgepush.toml");
     let as_shipped = Config::from_toml(annotated, "systemd/edgepush.toml", None).unwrap_or_else(|e| panic!("{e}"));
     let defaults = Config::from_toml("", "defaults", None).unwrap();

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::{Backoff, Client, Fate, Follower, Update};
-use edgepush::protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
-use edgepush::rng::Rng;
+use edgepush_client::{Backoff, Client, Fate, Follower, Update};
+use edgepush_protocol::rng::Rng;
+use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
 use smol::future::FutureExt as _;
 
 fn quick_backoff() -> Backoff {

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::{Backoff, Follower, Update};
-use edgepush::protocol::ClientMsg;
-use edgepush::rng::Rng;
+use edgepush_client::{Backoff, Follower, Update};
+use edgepush_protocol::rng::Rng;
+use edgepush_protocol::ClientMsg;
 use smol::future::FutureExt as _;
 
 fn clients() -> usize {
@@ -77,7 +77,7 @@ fn refused_total(addr: SocketAddr) -> u64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    edgepush::metrics::rss_kib(pid).expect("VmRSS")
+    edgepush::internals::rss_kib(pid).expect("VmRSS")
 }
 
 fn fd_count(pid: u32) -> usize {
@@ -143,8 +143,8 @@ fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = scratch_dir("storm");
     let cfg_path = write_config(&dir, port, broker.port, "");
-    let cfg = edgepush::config::Config::load(&cfg_path, None).unwrap();
-    let (board, _) = edgepush::config::board_profile(&cfg.board).unwrap();
+    let cfg = edgepush::internals::Config::load(&cfg_path, None).unwrap();
+    let (board, _) = edgepush::internals::board_profile(&cfg.board).unwrap();
     let bound_kib = board.worst_case_bytes(&cfg.limits) / 1024;
     let mut server = start_server(&cfg_path, addr);
     // Under qemu-user the RSS is the emulator's too (its translation cache
@@ -203,7 +203,7 @@ fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
                 peak_backlog.fetch_max(accept_backlog(port), Relaxed);
                 let pid = pid_now.load(Relaxed) as u32;
                 if pid != 0 {
-                    if let Some(r) = edgepush::metrics::rss_kib(pid) {
+                    if let Some(r) = edgepush::internals::rss_kib(pid) {
                         peak_rss.fetch_max(r, Relaxed);
                     }
                 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 
 use common::*;
-use edgepush::protocol::ServerMsg;
+use edgepush_protocol::ServerMsg;
 
 /// Big payloads fill socket buffers quickly.
 const PAYLOAD: usize = 32 * 1024;
@@ -22,7 +22,7 @@ fn a_client_that_never_reads_is_evicted_while_a_fast_one_gets_everything() {
     slow.write_raw(&encode_frame(
         true,
         OP_BINARY,
-        &edgepush::protocol::ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: None }.encode(),
+        &edgepush_protocol::ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: None }.encode(),
         true,
     ));
     let total = 600u64;

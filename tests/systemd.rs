@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::client::{Client, ClientError};
-use edgepush::protocol::{ServerMsg, Value};
+use edgepush_client::{Client, ClientError};
+use edgepush_protocol::{ServerMsg, Value};
 
 /// The datagram socket systemd would listen on.
 struct NotifySocket {
@@ -182,7 +182,7 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
 
     // journald format on a pipe: every line a <N> syslog priority, no timestamps, no colours.
     let lines = d.lines();
-    assert!(lines.iter().any(|l| l.starts_with("<6>edgepush::server: listening on")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("<6>edgepush::daemon: listening on")), "{lines:#?}");
     for l in &lines {
         let prio = l.strip_prefix('<').and_then(|r| r.split_once('>')).map(|(p, _)| p);
         assert!(matches!(prio, Some("3" | "4" | "6" | "7")), "not a journald line: {l:?}");
@@ -303,13 +303,13 @@ fn socket_activation_serves_the_passed_listener_and_a_restart_refuses_nobody() {
 
 #[test]
 fn reload_swaps_tokens_and_origins_without_dropping_connected_clients_and_never_logs_a_token() {
-    use edgepush::client::{with_token, ConnectOptions};
+    use edgepush_client::{with_token, ConnectOptions};
     let broker = Broker::start();
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (old, new) = ("old-token-1f0e3dad99908345", "new-token-f4d3c2b1a0998877");
     let token = |name: &str, secret: &str| {
-        let hash = edgepush::config::hex(&edgepush::auth::sha256(secret.as_bytes()));
+        let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
         format!("[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n")
     };
     let cfg_path = scratch_dir("reload-auth").join("edgepush.toml");
@@ -351,7 +351,7 @@ fn reload_swaps_tokens_and_origins_without_dropping_connected_clients_and_never_
     let log = d.lines().join("\n");
     assert!(log.contains("token \"screen\""), "the name is logged:\n{log}");
     for secret in [old, new] {
-        let hash = edgepush::config::hex(&edgepush::auth::sha256(secret.as_bytes()));
+        let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
         assert!(!log.contains(secret) && !log.contains(&hash[..16]), "a token or its hash in the log:\n{log}");
     }
 }

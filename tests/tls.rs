@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_tungstenite::tungstenite::Message;
 use common::*;
-use edgepush::protocol::{ClientMsg, ServerMsg};
+use edgepush_protocol::{ClientMsg, ServerMsg};
 use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::TlsConnector;
@@ -96,7 +96,7 @@ fn https_and_wss_share_the_listener_and_plain_http_gets_nothing() {
         assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"), "{answer:?}");
     });
     let m = server.metrics();
-    assert!(m.refused_count(edgepush::metrics::Refusal::BadRequest) >= 1, "the plain request counted");
+    assert!(m.refused_count(edgepush::internals::Refusal::BadRequest) >= 1, "the plain request counted");
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn a_silent_peer_is_dropped_at_the_handshake_timeout_under_tls_too() {
     assert!(started.elapsed() < scaled(3000), "after {:?}", started.elapsed());
     // Counted just after the socket is dropped (the handshake future owns it).
     let m = server.metrics();
-    wait_until(5000, "the timeout counted", || m.refused_count(edgepush::metrics::Refusal::Timeout) == 1);
+    wait_until(5000, "the timeout counted", || m.refused_count(edgepush::internals::Refusal::Timeout) == 1);
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn watch_follows_a_wss_server_with_a_token_trusting_its_certificate() {
     let dir = scratch_dir("tls-watch");
     let (section, _) = certificate(&dir);
     let secret = "watch-token-9a8b7c6d5e4f3a2b";
-    let hash = edgepush::config::hex(&edgepush::auth::sha256(secret.as_bytes()));
+    let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
     let auth = format!("[[auth.tokens]]\nname = \"cli\"\nsha256 = \"{hash}\"\nsubscribe = [\"w/#\"]\n");
     let server = Server::start_linked(&config(broker.port, &format!("{section}{auth}")));
     let url = format!("wss://localhost:{}/ws", server.addr.port());

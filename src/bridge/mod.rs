@@ -12,8 +12,8 @@ use log::{debug, info, warn};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use smol::future::FutureExt as _;
 
-use crate::config;
 use crate::clock::now_ms;
+use crate::config;
 use crate::hub::{BridgeMsg, Publish};
 use crate::metrics::Metrics;
 use edgepush_protocol::value;

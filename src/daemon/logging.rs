@@ -38,7 +38,7 @@ pub fn syslog_priority(level: Level) -> u8 {
     }
 }
 
-/// One record as a journald line: `<6>edgepush::server: listening on …`.
+/// One record as a journald line: `<6>edgepush::daemon: listening on …`.
 /// A message of several lines (a config error) keeps its priority on each.
 pub fn journal_line(level: Level, target: &str, message: &std::fmt::Arguments<'_>) -> String {
     let p = syslog_priority(level);
@@ -109,8 +109,8 @@ mod tests {
 
     #[test]
     fn journal_lines_carry_syslog_priorities() {
-        let line = journal_line(Level::Warn, "edgepush::mqtt", &format_args!("broker down"));
-        assert_eq!(line, "<4>edgepush::mqtt: broker down\n");
+        let line = journal_line(Level::Warn, "edgepush::bridge", &format_args!("broker down"));
+        assert_eq!(line, "<4>edgepush::bridge: broker down\n");
         let two = journal_line(Level::Error, "edgepush", &format_args!("bad config\n  limits.history: too big"));
         assert_eq!(two, "<3>edgepush: bad config\n<3>  limits.history: too big\n");
         let p: Vec<u8> = [Level::Error, Level::Warn, Level::Info, Level::Debug, Level::Trace]

@@ -51,7 +51,6 @@ pub fn load(o: &RunOptions) -> Result<Config, ConfigError> {
 
 /// `edgepush run`: serves until SIGTERM or SIGINT; exit 78 on a bad config.
 pub fn run(o: &RunOptions) -> ExitCode {
-
     // First, while the process has one thread: take the socket systemd may pass.
     let activated = systemd::activated_listener();
     let cfg = match load(o) {

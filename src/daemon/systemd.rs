@@ -41,6 +41,7 @@ impl Notifier {
     }
 
     /// True when a service manager listens.
+    #[cfg(test)]
     pub fn enabled(&self) -> bool {
         self.socket.is_some()
     }

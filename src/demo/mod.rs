@@ -230,7 +230,8 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
             ("127.0.0.1".to_owned(), port)
         }
     };
-    let mut cfg = crate::config::Config::from_toml("[auth]\nmode = \"none\"\n", "demo", None).map_err(|e| e.to_string())?;
+    let mut cfg =
+        crate::config::Config::from_toml("[auth]\nmode = \"none\"\n", "demo", None).map_err(|e| e.to_string())?;
     cfg.listen = listen;
     cfg.mqtt.host = host.clone();
     cfg.mqtt.port = port;

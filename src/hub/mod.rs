@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::metrics::Metrics;
 use crate::outbox::{Bytes, Outbox};
-use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION};
 use edgepush_protocol::topic;
+use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION};
 
 use crate::clock::random_epoch;
 use edgepush_protocol::Permissions;
@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn event_bytes_are_what_postcard_encodes() {
         let v = Value::Fields(vec![("t".into(), 21.5)]);
-        let enc = encode_event(300, 1 << 40, 1_700_000_000_000, &postcard::to_allocvec(&v).unwrap());
+        let enc = ServerMsg::encode_event(300, 1 << 40, 1_700_000_000_000, &postcard::to_allocvec(&v).unwrap());
         let want = ServerMsg::Event { topic: 300, seq: 1 << 40, ts_ms: 1_700_000_000_000, value: v };
         assert_eq!(&*enc, &want.encode()[..]);
     }

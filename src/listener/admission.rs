@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::session::rate::Bucket;
 use crate::metrics::Refusal;
+use crate::session::rate::Bucket;
 
 struct Counts {
     total: usize,
@@ -138,12 +138,9 @@ impl PerAddress {
         self.buckets.entry(ip).or_insert_with(|| Bucket::new(rate, rate, now)).take(now)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
     }
 }
 

@@ -133,7 +133,8 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{hex, Token};
+    use crate::config::Token;
+    use crate::hex::encode as hex;
 
     fn auth(mode: AuthMode) -> Auth {
         let token = |name: &str, secret: &str, sub: &str| Token {

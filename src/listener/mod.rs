@@ -12,13 +12,12 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::WebSocketStream;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use smol::future::FutureExt as _;
 use smol::{Async, Executor, Timer};
 
@@ -282,7 +281,6 @@ async fn handshake_phase(
     None
 }
 
-
 /// Answers 101 and wraps the socket, with any bytes the client sent after its head.
 async fn upgraded(
     mut stream: Socket,
@@ -300,4 +298,3 @@ async fn upgraded(
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(live.session.websocket())).await;
     Some((ws, slot))
 }
-

@@ -43,4 +43,3 @@ fn healthz(shared: &Shared) -> Vec<u8> {
     let code = if status == "ok" { 200 } else { 503 };
     http::response(code, "application/json", &[], body.as_bytes())
 }
-

@@ -24,13 +24,13 @@ use log::{debug, info};
 use smol::stream::Stream;
 use smol::Timer;
 
-use crate::session::heartbeat::{Due, Heartbeat};
 use crate::clock::now_ms;
 use crate::hub::HubCmd;
-use edgepush_protocol::Permissions;
-use crate::session::rate::Bucket;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Take};
+use crate::session::heartbeat::{Due, Heartbeat};
+use crate::session::rate::Bucket;
+use edgepush_protocol::Permissions;
 use edgepush_protocol::{ClientMsg, ServerMsg};
 
 use crate::listener::admission::Slot;

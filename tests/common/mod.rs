@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgepush::client::{Client, ClientError};
-use edgepush::config::Config;
-use edgepush::protocol::ServerMsg;
-use edgepush::server::{self, Running};
+use edgepush::internals::Config;
+use edgepush::internals::{self as server, Running};
+use edgepush_client::{Client, ClientError};
+use edgepush_protocol::ServerMsg;
 
 /// How much slower than native this run is (QEMU sets it above 1).
 pub fn time_scale() -> f64 {
@@ -302,7 +302,7 @@ impl Server {
         wait_until(10_000, "the broker link", || m.broker_up.load(Ordering::Relaxed) == up);
     }
 
-    pub fn metrics(&self) -> &edgepush::metrics::Metrics {
+    pub fn metrics(&self) -> &edgepush::internals::Metrics {
         self.running.as_ref().unwrap().metrics()
     }
 
@@ -603,7 +603,7 @@ pub type Case = (&'static str, Vec<Vec<u8>>, Option<u16>);
 /// names, for a server whose `max-message-bytes` is `max`.
 pub fn protocol_violations(max: usize) -> Vec<Case> {
     let bin = |p: &[u8]| encode_frame(true, OP_BINARY, p, true);
-    let ping = edgepush::protocol::ClientMsg::Ping { nonce: 1 }.encode();
+    let ping = edgepush_protocol::ClientMsg::Ping { nonce: 1 }.encode();
     let mut two = ping.clone();
     two.extend_from_slice(&ping);
     let mut trailing = ping.clone();

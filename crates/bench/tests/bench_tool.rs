@@ -134,13 +134,7 @@ fn bench_refuses_bad_arguments_with_the_reason() {
     // An unreachable server: a clear error, exit 1, no hang.
     let port = free_port();
     let out = bench_command()
-        .args([
-            "--quick",
-            "--edgepush",
-            &format!("ws://127.0.0.1:{port}/ws"),
-            "--broker",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .args(["--quick", "--edgepush", &format!("ws://127.0.0.1:{port}/ws"), "--broker", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -12,36 +12,81 @@ use smol::Timer;
 
 use super::ledger::Ledger;
 use super::{Client, ClientError, ConnectOptions};
-use edgepush_protocol::{Resume, ServerMsg, SyncMode, Value};
 use edgepush_protocol::backoff::Backoff;
 use edgepush_protocol::rng::Rng;
+use edgepush_protocol::{Resume, ServerMsg, SyncMode, Value};
 
 /// What the follower has to report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     /// Connected (Hello received) and subscribed; `resumed` when a resume was offered.
-    Connected { epoch: u64, resumed: bool, broker_up: bool },
+    Connected {
+        /// The server's epoch, from its Hello.
+        epoch: u64,
+        /// The Subscribe offered to resume from an earlier point.
+        resumed: bool,
+        /// Whether the server's broker link was up, from its Hello.
+        broker_up: bool,
+    },
     /// A new event (never one already delivered in this epoch).
-    Event { topic: Arc<str>, seq: u64, ts_ms: u64, value: Value },
+    Event {
+        /// The topic name (`#<id>` if the server never declared the id).
+        topic: Arc<str>,
+        /// The event's server-wide sequence number within the epoch.
+        seq: u64,
+        /// When the gateway received the message, in Unix milliseconds.
+        ts_ms: u64,
+        /// The payload.
+        value: Value,
+    },
     /// The Subscribe answer is complete.
-    Synced { seq: u64, mode: SyncMode },
+    Synced {
+        /// The server's current seq when the answer ended (0 before any event).
+        seq: u64,
+        /// Whether the answer was a replay of missed events or a snapshot of
+        /// latest values.
+        mode: SyncMode,
+    },
     /// Events were skipped; the latest of each skipped topic follows.
-    Lagged { skipped: u32 },
+    Lagged {
+        /// How many events were skipped (saturates at `u32::MAX`).
+        skipped: u32,
+    },
     /// The gateway's broker link changed.
-    Broker { up: bool },
+    Broker {
+        /// Whether the link is now up.
+        up: bool,
+    },
     /// The server refused a request.
-    Error { code: u16, message: String },
+    Error {
+        /// An HTTP-style status code, e.g. 400, 403, 409 or 413.
+        code: u16,
+        /// The server's explanation.
+        message: String,
+    },
     /// The connection ended (or could not be made); the next attempt is in `retry_in`.
-    Lost { why: String, refused: Option<u16>, retry_in: Duration },
+    Lost {
+        /// The error that ended (or prevented) the connection, as text.
+        why: String,
+        /// The HTTP status if the server refused the handshake.
+        refused: Option<u16>,
+        /// The backoff delay before the next connection attempt.
+        retry_in: Duration,
+    },
 }
 
 /// Counters for reports.
 #[derive(Debug, Default, Clone)]
 pub struct FollowStats {
+    /// Connections made and subscribed.
     pub connects: u64,
+    /// Subscribe answers that were replays.
     pub replays: u64,
+    /// Subscribe answers that were snapshots.
     pub snapshots: u64,
+    /// `Lagged` notices received.
     pub lagged: u64,
+    /// Connections lost or attempts that failed.
     pub losses: u64,
     /// Values a snapshot re-sent that this client already had (not delivered again).
     pub resent: u64,
@@ -80,10 +125,13 @@ struct Live {
 }
 
 impl Follower {
+    /// A follower of `filters` at `url` with default [`ConnectOptions`]. It
+    /// connects on the first [`Follower::next`].
     pub fn new(url: &str, filters: &[&str], backoff: Backoff) -> Follower {
         Follower::with_options(url, filters, backoff, ConnectOptions::default())
     }
 
+    /// As [`Follower::new`], with explicit connect options (headers, TLS).
     pub fn with_options(url: &str, filters: &[&str], backoff: Backoff, opts: ConnectOptions) -> Follower {
         static SALT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let salt = SALT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -104,10 +152,12 @@ impl Follower {
         }
     }
 
+    /// The account of every event received so far.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
+    /// Counters of connections, answers and notices.
     pub fn stats(&self) -> &FollowStats {
         &self.stats
     }
@@ -117,6 +167,7 @@ impl Follower {
         self.epoch.map(|epoch| Resume { epoch, last_seq: self.high })
     }
 
+    /// Whether a connection is currently up.
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
     }

@@ -68,6 +68,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// An empty ledger; call [`Ledger::hello`] before recording events.
     pub fn new() -> Ledger {
         Ledger::default()
     }

@@ -3,6 +3,40 @@
 //! subscription across reconnects (backoff with full jitter, resume, a dead
 //! server noticed within 2.5 × `heartbeat_ms`) and accounts for every event in
 //! a [`Ledger`].
+//!
+//! # Example
+//!
+//! Connect, subscribe and print the answer until it is complete:
+//!
+//! ```no_run
+//! use edgepush_client::{format_value, Client, ClientError, ConnectOptions};
+//! use edgepush_protocol::ServerMsg;
+//!
+//! smol::block_on(async {
+//!     let mut c = Client::connect_with("ws://127.0.0.1:8080/ws", &ConnectOptions::default()).await?;
+//!     println!("connected to {} (epoch {})", c.hello().server, c.hello().epoch);
+//!     c.subscribe(1, &["sensors/#"], None).await?;
+//!     loop {
+//!         match c.next().await? {
+//!             ServerMsg::Event { topic, seq, value, .. } => {
+//!                 let name = c.topic_name(topic).unwrap_or("?");
+//!                 println!("{name} {seq} {}", format_value(&value));
+//!             }
+//!             ServerMsg::Synced { seq, .. } => {
+//!                 println!("synced at seq {seq}");
+//!                 break;
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     c.close().await;
+//!     Ok::<(), ClientError>(())
+//! })?;
+//! # Ok::<(), ClientError>(())
+//! ```
+//!
+//! To stay subscribed across reconnects, use a [`Follower`] and its
+//! [`Follower::next`] instead, which yields [`Update`]s.
 
 #![warn(missing_docs)]
 
@@ -35,7 +69,12 @@ pub enum ClientError {
     /// The URL is not `ws://` or `wss://host:port/path` (or wss without a trusted certificate).
     BadUrl(String),
     /// The server answered the handshake with this HTTP status.
-    Refused { status: u16, reason: String },
+    Refused {
+        /// The HTTP status code, e.g. 401, 403 or 503.
+        status: u16,
+        /// The status's canonical reason phrase (empty if it has none).
+        reason: String,
+    },
     /// The server closed the connection, with its close frame if any.
     Closed(Option<(u16, String)>),
     /// The server sent bytes that are not ServerMsg values.
@@ -96,11 +135,19 @@ impl Default for ConnectOptions {
 /// The server's Hello.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
+    /// The protocol version the server speaks (1).
     pub version: u16,
+    /// The server's name and version, e.g. `"edgepush 0.1.0"`.
     pub server: String,
+    /// Random number drawn at each server start; seqs count within it.
     pub epoch: u64,
+    /// The server's heartbeat interval in milliseconds; silence for 2.5 times
+    /// this means the connection is dead.
     pub heartbeat_ms: u32,
+    /// The most filters this connection may hold over all its subscriptions.
     pub max_filters: u16,
+    /// Whether the server's broker link is up (kept current by `Broker`
+    /// messages seen by [`Client::next`]).
     pub broker_up: bool,
 }
 
@@ -165,8 +212,10 @@ impl Client {
                     "{url}: wss needs the server's certificate (or its CA) to trust (EDGEPUSH_CA=cert.pem for watch)"
                 )));
             };
-            let name = futures_rustls::rustls::pki_types::ServerName::try_from(edgepush_protocol::authority::bare_host(auth).to_owned())
-                .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
+            let name = futures_rustls::rustls::pki_types::ServerName::try_from(
+                edgepush_protocol::authority::bare_host(auth).to_owned(),
+            )
+            .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
             let s = futures_rustls::TlsConnector::from(config.clone())
                 .connect(name, stream)
                 .await
@@ -307,12 +356,6 @@ pub fn format_value(v: &Value) -> String {
     }
 }
 
-/// Runs `edgepush watch`: prints `topic seq value` per event on stdout and
-/// notices on stderr; reconnects (and resumes) until stopped. A refusal before
-/// the first connection ends it, so a wrong URL or token is reported at once.
-///
-/// # Errors
-/// The first connection failed.
 /// `url` with `token` added as its `?token=` query parameter, percent-encoded.
 pub fn with_token(url: &str, token: &str) -> String {
     let mut out = String::from(url);
@@ -328,6 +371,12 @@ pub fn with_token(url: &str, token: &str) -> String {
     out
 }
 
+/// Runs `edgepush watch`: prints `topic seq value` per event on stdout and
+/// notices on stderr; reconnects (and resumes) until stopped. A refusal before
+/// the first connection ends it, so a wrong URL or token is reported at once.
+///
+/// # Errors
+/// The first connection failed.
 pub async fn watch(url: &str, filters: &[&str], opts: &ConnectOptions) -> Result<(), ClientError> {
     use std::io::Write;
     // Fail fast on a bad first connection; then follow.
