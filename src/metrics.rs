@@ -24,10 +24,12 @@ pub enum Refusal {
     Unauthorized,
     /// 403: an Origin that is not allowed.
     Origin,
+    /// Dropped at accept: too many request heads were already pending.
+    PendingHeads,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 10] = [
         Refusal::Capacity,
         Refusal::PerAddress,
         Refusal::Timeout,
@@ -37,6 +39,7 @@ impl Refusal {
         Refusal::Rate,
         Refusal::Unauthorized,
         Refusal::Origin,
+        Refusal::PendingHeads,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Refusal {
             Refusal::Rate => "rate",
             Refusal::Unauthorized => "unauthorized",
             Refusal::Origin => "origin",
+            Refusal::PendingHeads => "pending_heads",
         }
     }
 }
@@ -61,7 +65,7 @@ pub struct Metrics {
     pub connections_peak: AtomicU64,
     pub connections_max: AtomicU64,
     pub accepted: AtomicU64,
-    refused: [AtomicU64; 9],
+    refused: [AtomicU64; Refusal::ALL.len()],
     /// Connections closed with 1008 for sending faster than their bucket allows.
     pub rate_limited: AtomicU64,
     pub messages_sent: AtomicU64,

@@ -207,7 +207,10 @@ fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
     let n = extra.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0);
     assert!(started.elapsed() < scaled(2000), "closed at once, not at the timeout: {:?}", started.elapsed());
-    assert_eq!(m.refused_count(edgepush::internals::Refusal::Timeout), 1);
+    // Counted under its own reason, not as a handshake timeout.
+    assert_eq!(m.refused_count(edgepush::internals::Refusal::PendingHeads), 1);
+    assert_eq!(m.refused_count(edgepush::internals::Refusal::Timeout), 0);
+    assert!(m.render().contains("edgepush_refused_total{reason=\"pending_heads\"} 1\n"));
     drop(silent);
     // Once they are gone, requests are served again.
     wait_until(5000, "healthz again", || {

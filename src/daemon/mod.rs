@@ -239,22 +239,10 @@ impl Running {
     /// link are not changed here (the caller reports them as needing a restart).
     ///
     /// # Errors
-    /// The `[tls]` files no longer load: nothing was changed.
+    /// The `[tls]` files no longer load, or the hub's queue is full: nothing
+    /// was changed.
     pub fn reload(&self, cfg: &Config) -> Result<(), String> {
-        let s = &self.shared;
-        let live = Live::new(cfg)?;
-        security_warnings(cfg);
-        s.admission.set_caps(
-            cfg.limits.max_connections,
-            cfg.limits.max_connections_per_ip,
-            cfg.limits.connections_per_second_per_ip,
-        );
-        s.metrics.connections_max.store(cfg.limits.max_connections as u64, Relaxed);
-        *s.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
-        if s.hub.try_send(HubCmd::Reconfigure(hub_config(cfg))).is_err() {
-            warn!("reload: the hub's queue is full; hub limits unchanged");
-        }
-        Ok(())
+        apply_reload(&self.shared, cfg)
     }
 
     /// Pings the service manager's watchdog every `period`, but only while the
@@ -343,6 +331,24 @@ impl Running {
         }
         info!("stopped in {:?}", started.elapsed());
     }
+}
+
+/// [`Running::reload`]: all of it or nothing. The hub's part goes first, as
+/// the one step that can fail for want of room; the rest cannot fail.
+fn apply_reload(s: &Shared, cfg: &Config) -> Result<(), String> {
+    let live = Live::new(cfg)?;
+    if s.hub.try_send(HubCmd::Reconfigure(hub_config(cfg))).is_err() {
+        return Err("the hub's queue is full (the hub is busy or stuck); try the reload again".into());
+    }
+    security_warnings(cfg);
+    s.admission.set_caps(
+        cfg.limits.max_connections,
+        cfg.limits.max_connections_per_ip,
+        cfg.limits.connections_per_second_per_ip,
+    );
+    s.metrics.connections_max.store(cfg.limits.max_connections as u64, Relaxed);
+    *s.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    Ok(())
 }
 
 /// Binds `cfg.listen` and starts the server on it (see [`start_on`]).
@@ -504,4 +510,37 @@ fn wedge_hook(shared: &Shared) {
         std::thread::sleep(Duration::from_millis(ms));
         let _ = hub.send_blocking(HubCmd::Wedge);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(cfg: &Config, hub: Sender<HubCmd>) -> Shared {
+        Shared {
+            admission: Admission::new(1, 1, 1),
+            metrics: Arc::new(Metrics::default()),
+            hub,
+            live: RwLock::new(Arc::new(Live::new(cfg).unwrap())),
+            shutting_down: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            handshaking: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_reload_the_hub_cannot_take_is_refused_whole() {
+        let cfg = Config::from_toml("", "test", None).unwrap();
+        let (tx, rx) = async_channel::bounded(1);
+        tx.try_send(HubCmd::Shutdown).unwrap();
+        let s = shared(&cfg, tx);
+        let bigger = Config::from_toml("[limits]\nmax-connections = 77\n", "test", None).unwrap();
+        assert!(apply_reload(&s, &bigger).unwrap_err().contains("hub's queue is full"));
+        assert_eq!(s.metrics.connections_max.load(Relaxed), 0, "nothing applied");
+        // With room in the queue, it applies.
+        rx.try_recv().unwrap();
+        apply_reload(&s, &bigger).unwrap();
+        assert_eq!(s.metrics.connections_max.load(Relaxed), 77);
+        assert!(matches!(rx.try_recv(), Ok(HubCmd::Reconfigure(_))));
+    }
 }

@@ -111,7 +111,7 @@ pub(crate) async fn accept_loop(
                 let live = shared.live();
                 if shared.handshaking.load(Relaxed) >= live.max_handshaking {
                     // Too many heads in progress: closing now costs nothing.
-                    shared.metrics.refused(Refusal::Timeout);
+                    shared.metrics.refused(Refusal::PendingHeads);
                     debug!("{peer}: dropped, {} request heads already pending", live.max_handshaking);
                     continue;
                 }
