@@ -602,6 +602,9 @@ impl<'a> Section<'a> {
         let Toml::Array(items) = v else {
             return self.bad("tokens", format!("must be an array of tables ([[auth.tokens]]), got {}", show(&v)));
         };
+        // Well-formed hashes only: a malformed one is reported as such, not
+        // as the same as another malformed one.
+        let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let key = format!("{}.tokens[{i}]", self.name);
             let Toml::Table(table) = item else {
@@ -612,6 +615,7 @@ impl<'a> Section<'a> {
             let mut s = Section { name: "", table, problems: self.problems };
             let mut t = Token { name: String::new(), sha256: [0; 32], subscribe: vec![], publish: vec![] };
             let mut sha = None;
+            let mut hash = None;
             s.string("name", &mut t.name);
             s.opt_string("sha256", &mut sha);
             s.filters("subscribe", true, &mut t.subscribe);
@@ -621,7 +625,10 @@ impl<'a> Section<'a> {
             }
             match sha.as_deref().map(|h| (h, crate::hex::decode32(h))) {
                 None => s.bad("sha256", "is required: the token's SHA-256 in hex (`edgepush hash-token`)".into()),
-                Some((_, Some(h))) => t.sha256 = h,
+                Some((_, Some(h))) => {
+                    t.sha256 = h;
+                    hash = Some(h);
+                }
                 Some((h, None)) => s.bad("sha256", format!("must be 64 hex digits, got {} characters", h.len())),
             }
             s.finish();
@@ -632,8 +639,11 @@ impl<'a> Section<'a> {
             if slot.iter().any(|o| o.name == t.name && !t.name.is_empty()) {
                 self.problems.push(problem(&format!("{key}.name"), format!("{:?} is used twice", t.name)));
             }
-            if slot.iter().any(|o| o.sha256 == t.sha256) && sha.is_some() {
-                self.problems.push(problem(&format!("{key}.sha256"), "is the same as another token's".to_string()));
+            if let Some(h) = hash {
+                if hashes.contains(&h) {
+                    self.problems.push(problem(&format!("{key}.sha256"), "is the same as another token's".to_string()));
+                }
+                hashes.push(h);
             }
             slot.push(t);
         }
@@ -732,27 +742,29 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
         s.tokens(&mut cfg.auth.tokens);
         s.finish();
     }
-    if let Some(v) = root.table.remove("tls") {
-        let Toml::Table(table) = v else {
-            return root.bad("tls", format!("must be a table, got {}", show(&v)));
-        };
-        let mut s = Section { name: "tls", table, problems: root.problems };
-        let (mut cert, mut key) = (None, None);
-        s.opt_string("cert", &mut cert);
-        s.opt_string("key", &mut key);
-        for (k, v) in [("cert", &cert), ("key", &key)] {
-            if v.is_none() {
-                s.bad(k, "is required: a PEM file".into());
+    match root.table.remove("tls") {
+        None => {}
+        Some(Toml::Table(table)) => {
+            let mut s = Section { name: "tls", table, problems: root.problems };
+            let (mut cert, mut key) = (None, None);
+            s.opt_string("cert", &mut cert);
+            s.opt_string("key", &mut key);
+            for (k, v) in [("cert", &cert), ("key", &key)] {
+                if v.is_none() {
+                    s.bad(k, "is required: a PEM file".into());
+                }
             }
-        }
-        if let (Some(cert), Some(key)) = (cert, key) {
-            let tls = Tls { cert: cert.into(), key: key.into() };
-            match crate::config::tls::server_config(&tls) {
-                Ok(_) => cfg.tls = Some(tls),
-                Err((k, reason)) => s.bad(k, reason),
+            if let (Some(cert), Some(key)) = (cert, key) {
+                let tls = Tls { cert: cert.into(), key: key.into() };
+                match crate::config::tls::server_config(&tls) {
+                    Ok(_) => cfg.tls = Some(tls),
+                    Err((k, reason)) => s.bad(k, reason),
+                }
             }
+            s.finish();
         }
-        s.finish();
+        // Recorded, and the rest of the file is still checked.
+        Some(other) => root.bad("tls", format!("must be a table, got {}", show(&other))),
     }
     {
         let mut s = root.sub("log");
@@ -963,6 +975,34 @@ mod tests {
         let p = err("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
         assert_eq!(p[0].0, "tls.cert");
         assert!(p[0].1.contains("/nonexistent/cert.pem"), "{p:?}");
+    }
+
+    #[test]
+    fn malformed_token_hashes_are_not_duplicates_of_each_other() {
+        let p = Config::from_toml(
+            "[[auth.tokens]]\nname = \"a\"\nsha256 = \"abc\"\n[[auth.tokens]]\nname = \"b\"\nsha256 = \"xyz\"\n",
+            "t",
+            None,
+        )
+        .unwrap_err()
+        .problems;
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["auth.tokens[0].sha256", "auth.tokens[1].sha256"], "{p:?}");
+        assert!(p.iter().all(|p| p.reason.contains("must be 64 hex digits")), "{p:?}");
+        assert!(!p.iter().any(|p| p.reason.contains("same as another")), "{p:?}");
+    }
+
+    #[test]
+    fn tls_not_a_table_does_not_hide_later_problems() {
+        let p = err("bogus = 1\ntls = 5\n[log]\nlevel = \"loud\"\n");
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        for k in ["tls", "log.level", "bogus"] {
+            assert!(keys.contains(&k), "{k} missing from {p:?}");
+        }
+        let tls = p.iter().find(|(k, _)| k == "tls").unwrap();
+        assert_eq!(tls.1, "must be a table, got 5");
+        let bogus = p.iter().find(|(k, _)| k == "bogus").unwrap();
+        assert_eq!(bogus.1, "unknown key");
     }
 
     #[test]

@@ -19,8 +19,11 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+/// [`TICK`] in milliseconds: slot times are computed from it in 64 bits.
+const TICK_MS: u64 = 20;
+
 /// The wheel's resolution.
-pub const TICK: Duration = Duration::from_millis(20);
+pub const TICK: Duration = Duration::from_millis(TICK_MS);
 
 pub struct Ticker {
     start: Instant,
@@ -52,8 +55,10 @@ impl Ticker {
         since.div_ceil(TICK.as_nanos()) as u64
     }
 
+    /// When `slot` is due. 64-bit all through: a slot count past 2^32 ticks
+    /// (about 994 days at 20 ms) must not wrap to a time long past.
     fn slot_time(&self, slot: u64) -> Instant {
-        self.start + TICK * slot as u32
+        self.start + Duration::from_millis(TICK_MS.saturating_mul(slot))
     }
 
     /// Wakes `waker` at `at`, or up to one [`TICK`] later.
@@ -71,28 +76,47 @@ impl Ticker {
     fn run(&self) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let Some(&first) = slots.keys().next() else {
-                slots = self.earlier.wait(slots).unwrap_or_else(|e| e.into_inner());
-                continue;
-            };
-            let now = Instant::now();
-            let at = self.slot_time(first);
-            if now < at {
-                slots = self.earlier.wait_timeout(slots, at - now).unwrap_or_else(|e| e.into_inner()).0;
-                continue;
+            match self.due(&mut slots, Instant::now()) {
+                Due::Idle => slots = self.earlier.wait(slots).unwrap_or_else(|e| e.into_inner()),
+                Due::In(wait) => {
+                    slots = self.earlier.wait_timeout(slots, wait).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                Due::Wake(due) => {
+                    drop(slots);
+                    for w in due.into_values().flatten() {
+                        w.wake();
+                    }
+                    slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                }
             }
-            // Due: every slot whose time has come (never one still ahead, or a
-            // session would wake before its deadline and not re-arm).
-            let passed = now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos();
-            let later = slots.split_off(&(passed as u64 + 1));
-            let due = std::mem::replace(&mut *slots, later);
-            drop(slots);
-            for w in due.into_values().flatten() {
-                w.wake();
-            }
-            slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         }
     }
+
+    /// What the timer thread does at `now`: takes out every due slot, or says
+    /// how long to sleep.
+    fn due(&self, slots: &mut BTreeMap<u64, Vec<Waker>>, now: Instant) -> Due {
+        let Some(&first) = slots.keys().next() else { return Due::Idle };
+        let at = self.slot_time(first);
+        if now < at {
+            return Due::In(at - now);
+        }
+        // Due: every slot whose time has come (never one still ahead, or a
+        // session would wake before its deadline and not re-arm).
+        let passed = now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos();
+        let passed = u64::try_from(passed).unwrap_or(u64::MAX);
+        let later = slots.split_off(&passed.saturating_add(1));
+        Due::Wake(std::mem::replace(slots, later))
+    }
+}
+
+/// [`Ticker::due`]'s answer.
+enum Due {
+    /// No slot is occupied: sleep until one is.
+    Idle,
+    /// The first slot is this far ahead.
+    In(Duration),
+    /// These slots are due.
+    Wake(BTreeMap<u64, Vec<Waker>>),
 }
 
 #[cfg(test)]
@@ -118,6 +142,40 @@ mod tests {
         assert_eq!(t.slot(t.start + TICK), 1);
         assert!(t.slot_time(t.slot(t.start + TICK * 7 / 2)) >= t.start + TICK * 7 / 2);
         assert_eq!(t.slot(t.start - Duration::from_millis(1)), 0, "the past is due at once");
+    }
+
+    #[test]
+    fn a_deadline_past_two_to_the_32_ticks_is_not_due_early() {
+        // The wheel has run for 2^32 + 10 ticks (about 994 days at 20 ms).
+        let t = Ticker::new();
+        let now = t.start + TICK * u32::MAX + TICK * 11;
+        assert!(t.slot(now) > u64::from(u32::MAX));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let deadline = now + Duration::from_secs(1);
+        t.wake_at(deadline, &Waker::from(count.clone()));
+        let slot = t.slot(deadline);
+        assert!(t.slot_time(slot) >= deadline, "slot {slot} wrapped to a time before its deadline");
+        let mut slots = t.slots.lock().unwrap();
+        // A second ahead: the timer thread sleeps, it neither spins nor wakes.
+        match t.due(&mut slots, now) {
+            Due::In(wait) => {
+                assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(1) + TICK, "{wait:?}")
+            }
+            Due::Idle => panic!("the deadline was lost"),
+            Due::Wake(due) => panic!("{} slots due a second early", due.len()),
+        }
+        assert!(t.due(&mut slots, deadline - Duration::from_millis(1)).is_in(), "due before its deadline");
+        // At the slot's time it is due, and its waker runs.
+        let Due::Wake(due) = t.due(&mut slots, t.slot_time(slot)) else { panic!("not due at its slot's time") };
+        assert!(slots.is_empty());
+        due.into_values().flatten().for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    impl Due {
+        fn is_in(&self) -> bool {
+            matches!(self, Due::In(_))
+        }
     }
 
     struct Deadline {
