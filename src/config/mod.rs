@@ -3,8 +3,12 @@
 //!
 //! Layers, later ones win: built-in defaults, then the board profile
 //! (`boards/<name>.toml`, embedded in the binary), then the config file.
+//! Every key is declared once, in [`keys`]. Parsing ([`Config::from_toml`])
+//! reads no files; [`Config::load`] reads the config file and then the files
+//! it names (the TLS certificate and key) once, and keeps what they hold.
 
 pub(crate) mod board;
+pub(crate) mod keys;
 pub(crate) mod tls;
 
 use std::fmt;
@@ -14,7 +18,8 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value as Toml};
 
 use crate::config::board::{Board, MemoryModel};
-use edgepush_protocol::topic;
+pub use keys::{Auth, Heartbeat, Limits, Log, Mqtt};
+use keys::{problem, show, Section, Top};
 
 /// Board profiles embedded in the binary: (name, TOML text).
 pub const BOARDS: &[(&str, &str)] = &[
@@ -45,70 +50,29 @@ pub struct Config {
     pub board: String,
     /// Address the HTTP/WebSocket listener binds.
     pub listen: SocketAddr,
+    /// `[mqtt]`.
     pub mqtt: Mqtt,
+    /// `[limits]`.
     pub limits: Limits,
+    /// `[heartbeat]`.
     pub heartbeat: Heartbeat,
+    /// `[auth]`.
     pub auth: Auth,
     /// `[tls]`: serve HTTPS and wss instead of HTTP and ws.
     pub tls: Option<Tls>,
+    /// `[log]`.
     pub log: Log,
 }
 
-/// `[tls]`: PEM files, read at start and on every reload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[tls]`: PEM files, read by [`Config::load`] at start and on every reload.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     /// The certificate chain, leaf first.
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-}
-
-/// `[mqtt]`: the broker link.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mqtt {
-    pub host: String,
-    pub port: u16,
-    /// Default `edgepush-<hostname>`, so two gateways on one broker do not evict each other.
-    pub client_id: String,
-    /// Filters subscribed at the broker. `$SYS/...` is never forwarded whatever they say.
-    pub subscribe: Vec<String>,
-    pub qos: u8,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    /// MQTT keepalive; 30 s notices a dead broker link within about 45 s.
-    pub keepalive_s: u16,
-    /// First reconnect delay after the broker link is lost; doubles up to `reconnect-max-ms`.
-    pub reconnect_min_ms: u64,
-    pub reconnect_max_ms: u64,
-}
-
-/// `[limits]`: every cap that keeps memory bounded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub max_filters: u16,
-    pub max_message_bytes: usize,
-    pub outbox_messages: usize,
-    pub slow_client_timeout_ms: u64,
-    pub max_topics: usize,
-    pub history: usize,
-    pub handshake_timeout_ms: u64,
-    pub max_header_bytes: usize,
-    /// Token bucket on each connection's client messages: refill rate...
-    pub messages_per_second: u32,
-    /// ...and size. Past it: close 1008.
-    pub burst: u32,
-    /// New `/ws` connections per second from one address (a bucket holding
-    /// one second's worth). Past it: 429.
-    pub connections_per_second_per_ip: u32,
-}
-
-/// `[heartbeat]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Heartbeat {
-    pub interval_ms: u64,
-    pub timeout_ms: u64,
+    /// What the files held, once read ([`Config::read_files`]).
+    pub(crate) loaded: Option<tls::Loaded>,
 }
 
 /// How connections are authorized.
@@ -122,25 +86,16 @@ pub enum AuthMode {
     None,
 }
 
-/// `[auth]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Auth {
-    pub mode: AuthMode,
-    /// The permissions of every connection with `mode = "none"`.
-    pub subscribe: Vec<String>,
-    pub publish: Vec<String>,
-    pub tokens: Vec<Token>,
-    /// Origins a browser may connect from (`scheme://host[:port]`, or `*`).
-    /// None: only an Origin whose host and port are the request's Host.
-    pub allowed_origins: Option<Vec<String>>,
-}
-
 /// One `[[auth.tokens]]` entry: the token's SHA-256, never the token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
+    /// For logs and metrics.
     pub name: String,
+    /// The token's SHA-256.
     pub sha256: [u8; 32],
+    /// Filters it may subscribe within.
     pub subscribe: Vec<String>,
+    /// Topics it may publish to.
     pub publish: Vec<String>,
 }
 
@@ -155,64 +110,19 @@ impl fmt::Debug for Token {
     }
 }
 
-/// `[log]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Log {
-    pub level: log::LevelFilter,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
             board: DEFAULT_BOARD.into(),
-            listen: "0.0.0.0:8080".parse().unwrap(),
-            mqtt: Mqtt {
-                host: "127.0.0.1".into(),
-                port: 1883,
-                client_id: format!("edgepush-{}", hostname()),
-                subscribe: vec!["#".into()],
-                qos: 1,
-                username: None,
-                password: None,
-                keepalive_s: 30,
-                reconnect_min_ms: 250,
-                reconnect_max_ms: 10_000,
-            },
-            limits: Limits {
-                max_connections: 1024,
-                max_connections_per_ip: 64,
-                max_filters: 64,
-                max_message_bytes: 4096,
-                outbox_messages: 256,
-                slow_client_timeout_ms: 10_000,
-                max_topics: 4096,
-                history: 4096,
-                handshake_timeout_ms: 5000,
-                max_header_bytes: 8192,
-                messages_per_second: 50,
-                burst: 200,
-                connections_per_second_per_ip: 20,
-            },
-            heartbeat: Heartbeat { interval_ms: 15_000, timeout_ms: 10_000 },
-            auth: Auth {
-                mode: AuthMode::Tokens,
-                subscribe: vec!["#".into()],
-                publish: vec![],
-                tokens: vec![],
-                allowed_origins: None,
-            },
+            listen: Top::default().listen,
+            mqtt: Mqtt::default(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+            auth: Auth::default(),
             tls: None,
-            log: Log { level: log::LevelFilter::Info },
+            log: Log::default(),
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into())
 }
 
 /// One problem in a config: the key (dotted path) and why.
@@ -258,10 +168,29 @@ impl Config {
             source: source.clone(),
             problems: vec![Problem { key: String::new(), reason: format!("cannot read: {e}") }],
         })?;
-        Config::from_toml(&text, &source, board_override)
+        Config::from_toml(&text, &source, board_override)?.read_files(&source)
     }
 
-    /// Validates config text; `source` names it in errors.
+    /// Reads the files the config names (`[tls] cert` and `key`) and keeps
+    /// what they hold, checked: the certificate parses, the key parses and
+    /// fits it. [`Config::load`] does this; a config made by
+    /// [`Config::from_toml`] alone must do it before the server starts.
+    ///
+    /// # Errors
+    /// `tls.cert` or `tls.key` with the reason, naming the path.
+    pub fn read_files(mut self, source: &str) -> Result<Config, ConfigError> {
+        if let Some(t) = &mut self.tls {
+            match tls::read(&t.cert, &t.key) {
+                Ok(loaded) => t.loaded = Some(loaded),
+                Err((k, reason)) => {
+                    return Err(ConfigError { source: source.to_owned(), problems: vec![problem(&format!("tls.{k}"), reason)] })
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Validates config text; `source` names it in errors. Reads no files.
     ///
     /// # Errors
     /// Every problem found, each with its key and reason.
@@ -394,77 +323,23 @@ impl Config {
     pub fn to_toml_redacted(&self) -> String {
         let mut root = Table::new();
         root.insert("board".into(), self.board.clone().into());
-        root.insert("listen".into(), self.listen.to_string().into());
-        let m = &self.mqtt;
-        let mut mqtt = Table::new();
-        mqtt.insert("host".into(), m.host.clone().into());
-        mqtt.insert("port".into(), i64::from(m.port).into());
-        mqtt.insert("client-id".into(), m.client_id.clone().into());
-        mqtt.insert("subscribe".into(), strings(&m.subscribe));
-        mqtt.insert("qos".into(), i64::from(m.qos).into());
-        if let Some(u) = &m.username {
-            mqtt.insert("username".into(), u.clone().into());
-        }
-        if m.password.is_some() {
-            mqtt.insert("password".into(), "<redacted>".into());
-        }
-        mqtt.insert("keepalive-s".into(), i64::from(m.keepalive_s).into());
-        mqtt.insert("reconnect-min-ms".into(), int(m.reconnect_min_ms));
-        mqtt.insert("reconnect-max-ms".into(), int(m.reconnect_max_ms));
-        root.insert("mqtt".into(), mqtt.into());
-        let l = &self.limits;
-        let mut limits = Table::new();
-        for (k, v) in [
-            ("max-connections", l.max_connections as u64),
-            ("max-connections-per-ip", l.max_connections_per_ip as u64),
-            ("max-filters", u64::from(l.max_filters)),
-            ("max-message-bytes", l.max_message_bytes as u64),
-            ("outbox-messages", l.outbox_messages as u64),
-            ("slow-client-timeout-ms", l.slow_client_timeout_ms),
-            ("max-topics", l.max_topics as u64),
-            ("history", l.history as u64),
-            ("handshake-timeout-ms", l.handshake_timeout_ms),
-            ("max-header-bytes", l.max_header_bytes as u64),
-            ("messages-per-second", u64::from(l.messages_per_second)),
-            ("burst", u64::from(l.burst)),
-            ("connections-per-second-per-ip", u64::from(l.connections_per_second_per_ip)),
-        ] {
-            limits.insert(k.into(), int(v));
-        }
-        root.insert("limits".into(), limits.into());
-        let mut hb = Table::new();
-        hb.insert("interval-ms".into(), int(self.heartbeat.interval_ms));
-        hb.insert("timeout-ms".into(), int(self.heartbeat.timeout_ms));
-        root.insert("heartbeat".into(), hb.into());
-        let mut auth = Table::new();
-        let a = &self.auth;
-        auth.insert("mode".into(), if a.mode == AuthMode::None { "none" } else { "tokens" }.into());
-        auth.insert("subscribe".into(), strings(&a.subscribe));
-        auth.insert("publish".into(), strings(&a.publish));
-        if let Some(o) = &a.allowed_origins {
-            auth.insert("allowed-origins".into(), strings(o));
-        }
-        if !a.tokens.is_empty() {
-            let tokens = a.tokens.iter().map(|t| {
-                let mut e = Table::new();
-                e.insert("name".into(), t.name.clone().into());
-                e.insert("sha256".into(), "<redacted>".into());
-                e.insert("subscribe".into(), strings(&t.subscribe));
-                e.insert("publish".into(), strings(&t.publish));
-                Toml::Table(e)
+        Top { listen: self.listen }.render(&mut root);
+        let mut section = |name: &str, render: &dyn Fn(&mut Table)| {
+            let mut t = Table::new();
+            render(&mut t);
+            root.insert(name.into(), t.into());
+        };
+        section(Mqtt::TABLE, &|t| self.mqtt.render(t));
+        section(Limits::TABLE, &|t| self.limits.render(t));
+        section(Heartbeat::TABLE, &|t| self.heartbeat.render(t));
+        section(Auth::TABLE, &|t| self.auth.render(t));
+        if let Some(tls) = &self.tls {
+            section("tls", &|t| {
+                t.insert("cert".into(), tls.cert.display().to_string().into());
+                t.insert("key".into(), tls.key.display().to_string().into());
             });
-            auth.insert("tokens".into(), Toml::Array(tokens.collect()));
         }
-        root.insert("auth".into(), auth.into());
-        if let Some(t) = &self.tls {
-            let mut tls = Table::new();
-            tls.insert("cert".into(), t.cert.display().to_string().into());
-            tls.insert("key".into(), t.key.display().to_string().into());
-            root.insert("tls".into(), tls.into());
-        }
-        let mut log = Table::new();
-        log.insert("level".into(), self.log.level.to_string().to_lowercase().into());
-        root.insert("log".into(), log.into());
+        section(Log::TABLE, &|t| self.log.render(t));
         toml::to_string(&root).expect("a TOML table always serializes")
     }
 }
@@ -479,269 +354,23 @@ fn unknown_board(name: &str) -> Problem {
     problem("board", format!("unknown board {name:?}; known boards: {}", known.join(", ")))
 }
 
-fn int(v: u64) -> Toml {
-    Toml::Integer(i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-fn strings(v: &[String]) -> Toml {
-    Toml::Array(v.iter().map(|s| Toml::String(s.clone())).collect())
-}
-
-fn problem(key: &str, reason: impl Into<String>) -> Problem {
-    Problem { key: key.to_owned(), reason: reason.into() }
-}
-
-fn show(v: &Toml) -> String {
-    match v {
-        Toml::String(s) => format!("{s:?}"),
-        Toml::Table(_) => "a table".into(),
-        Toml::Array(_) => "an array".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Takes typed values out of one table, recording problems under `section.key`.
-struct Section<'a> {
-    name: &'static str,
-    table: Table,
-    problems: &'a mut Vec<Problem>,
-}
-
-impl<'a> Section<'a> {
-    fn key(&self, k: &str) -> String {
-        if self.name.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{}.{k}", self.name)
-        }
-    }
-
-    fn bad(&mut self, k: &str, reason: String) {
-        let key = self.key(k);
-        self.problems.push(Problem { key, reason });
-    }
-
-    /// An integer in `min..=max`, stored into `slot` when valid.
-    fn int<T: TryFrom<i64>>(&mut self, k: &str, min: i64, max: i64, slot: &mut T) {
-        let Some(v) = self.table.remove(k) else { return };
-        match v {
-            Toml::Integer(i) if (min..=max).contains(&i) => match T::try_from(i) {
-                Ok(x) => *slot = x,
-                Err(_) => self.bad(k, format!("{i} does not fit")),
-            },
-            other => self.bad(k, format!("must be an integer from {min} to {max}, got {}", show(&other))),
-        }
-    }
-
-    fn string(&mut self, k: &str, slot: &mut String) {
-        let mut o = None;
-        self.opt_string(k, &mut o);
-        if let Some(s) = o {
-            *slot = s;
-        }
-    }
-
-    fn opt_string(&mut self, k: &str, slot: &mut Option<String>) {
-        match self.table.remove(k) {
-            None => {}
-            Some(Toml::String(s)) => *slot = Some(s),
-            Some(other) => self.bad(k, format!("must be a string, got {}", show(&other))),
-        }
-    }
-
-    /// A list of MQTT filters, each checked.
-    fn filters(&mut self, k: &str, allow_empty: bool, slot: &mut Vec<String>) {
-        let Some(v) = self.table.remove(k) else { return };
-        let Toml::Array(items) = v else {
-            return self.bad(k, format!("must be a list of MQTT filters, got {}", show(&v)));
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            match item {
-                Toml::String(f) => match topic::validate_filter(&f) {
-                    Ok(()) => out.push(f),
-                    Err(e) => self.bad(&format!("{k}[{i}]"), format!("bad MQTT filter {f:?}: {e}")),
-                },
-                other => self.bad(&format!("{k}[{i}]"), format!("must be a string, got {}", show(&other))),
-            }
-        }
-        if out.is_empty() && !allow_empty {
-            self.bad(k, "must list at least one filter".into());
-        }
-        *slot = out;
-    }
-
-    /// `allowed-origins`: `*`, or origins such as `https://dash.lan:8443`.
-    fn origins(&mut self, slot: &mut Option<Vec<String>>) {
-        let k = "allowed-origins";
-        let Some(v) = self.table.remove(k) else { return };
-        let Toml::Array(items) = v else {
-            return self
-                .bad(k, format!("must be a list of origins such as \"https://dash.lan:8443\", got {}", show(&v)));
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            match item {
-                Toml::String(o) if o == "*" => out.push(o),
-                Toml::String(o) => match crate::listener::origin::normalize(&o) {
-                    Some(n) => out.push(n),
-                    None => self.bad(
-                        &format!("{k}[{i}]"),
-                        format!("must be \"*\" or scheme://host[:port] with scheme http or https, got {o:?}"),
-                    ),
-                },
-                other => self.bad(&format!("{k}[{i}]"), format!("must be a string, got {}", show(&other))),
-            }
-        }
-        *slot = Some(out);
-    }
-
-    /// `[[auth.tokens]]`.
-    fn tokens(&mut self, slot: &mut Vec<Token>) {
-        let Some(v) = self.table.remove("tokens") else { return };
-        let Toml::Array(items) = v else {
-            return self.bad("tokens", format!("must be an array of tables ([[auth.tokens]]), got {}", show(&v)));
-        };
-        // Well-formed hashes only: a malformed one is reported as such, not
-        // as the same as another malformed one.
-        let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let key = format!("{}.tokens[{i}]", self.name);
-            let Toml::Table(table) = item else {
-                self.problems.push(problem(&key, format!("must be a table, got {}", show(&item))));
-                continue;
-            };
-            let before = self.problems.len();
-            let mut s = Section { name: "", table, problems: self.problems };
-            let mut t = Token { name: String::new(), sha256: [0; 32], subscribe: vec![], publish: vec![] };
-            let mut sha = None;
-            let mut hash = None;
-            s.string("name", &mut t.name);
-            s.opt_string("sha256", &mut sha);
-            s.filters("subscribe", true, &mut t.subscribe);
-            s.filters("publish", true, &mut t.publish);
-            if t.name.is_empty() {
-                s.bad("name", "is required: a name for logs and metrics".into());
-            }
-            match sha.as_deref().map(|h| (h, crate::hex::decode32(h))) {
-                None => s.bad("sha256", "is required: the token's SHA-256 in hex (`edgepush hash-token`)".into()),
-                Some((_, Some(h))) => {
-                    t.sha256 = h;
-                    hash = Some(h);
-                }
-                Some((h, None)) => s.bad("sha256", format!("must be 64 hex digits, got {} characters", h.len())),
-            }
-            s.finish();
-            // The entry's own keys are named under its index.
-            for p in &mut self.problems[before..] {
-                p.key = format!("{key}.{}", p.key);
-            }
-            if slot.iter().any(|o| o.name == t.name && !t.name.is_empty()) {
-                self.problems.push(problem(&format!("{key}.name"), format!("{:?} is used twice", t.name)));
-            }
-            if let Some(h) = hash {
-                if hashes.contains(&h) {
-                    self.problems.push(problem(&format!("{key}.sha256"), "is the same as another token's".to_string()));
-                }
-                hashes.push(h);
-            }
-            slot.push(t);
-        }
-    }
-
-    fn sub(&mut self, k: &'static str) -> Section<'_> {
-        let table = match self.table.remove(k) {
-            None => Table::new(),
-            Some(Toml::Table(t)) => t,
-            Some(other) => {
-                self.bad(k, format!("must be a table, got {}", show(&other)));
-                Table::new()
-            }
-        };
-        Section { name: k, table, problems: self.problems }
-    }
-
-    /// Every key not taken is unknown.
-    fn finish(self) {
-        for k in self.table.keys() {
-            let key = if self.name.is_empty() { k.clone() } else { format!("{}.{k}", self.name) };
-            self.problems.push(Problem { key, reason: "unknown key".into() });
-        }
-    }
-}
-
-const MAX_MS: i64 = 24 * 3600 * 1000;
-
 fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
     let mut root = Section { name: "", table, problems };
-    if let Some(v) = root.table.remove("listen") {
-        match v {
-            Toml::String(s) => match s.parse::<SocketAddr>() {
-                Ok(a) => cfg.listen = a,
-                Err(_) => root.bad("listen", format!("must be an address such as \"0.0.0.0:8080\", got {s:?}")),
-            },
-            other => root.bad("listen", format!("must be a string, got {}", show(&other))),
-        }
-    }
-    {
-        let mut s = root.sub("mqtt");
-        let m = &mut cfg.mqtt;
-        s.string("host", &mut m.host);
-        s.int("port", 1, 65535, &mut m.port);
-        s.string("client-id", &mut m.client_id);
-        s.filters("subscribe", false, &mut m.subscribe);
-        s.int("qos", 0, 2, &mut m.qos);
-        s.opt_string("username", &mut m.username);
-        let mut pw = None;
-        s.opt_string("password", &mut pw);
-        if let Some(p) = pw {
-            m.password = Some(Secret(p));
-        }
-        s.int("keepalive-s", 5, 3600, &mut m.keepalive_s);
-        s.int("reconnect-min-ms", 10, MAX_MS, &mut m.reconnect_min_ms);
-        s.int("reconnect-max-ms", 10, MAX_MS, &mut m.reconnect_max_ms);
-        s.finish();
-    }
-    {
-        let mut s = root.sub("limits");
-        let l = &mut cfg.limits;
-        s.int("max-connections", 1, 1_000_000, &mut l.max_connections);
-        s.int("max-connections-per-ip", 1, 1_000_000, &mut l.max_connections_per_ip);
-        s.int("max-filters", 1, 65535, &mut l.max_filters);
-        s.int("max-message-bytes", 64, 16 << 20, &mut l.max_message_bytes);
-        s.int("outbox-messages", 1, 1 << 20, &mut l.outbox_messages);
-        s.int("slow-client-timeout-ms", 1, MAX_MS, &mut l.slow_client_timeout_ms);
-        s.int("max-topics", 1, 1 << 24, &mut l.max_topics);
-        s.int("history", 0, 1 << 24, &mut l.history);
-        s.int("handshake-timeout-ms", 1, MAX_MS, &mut l.handshake_timeout_ms);
-        s.int("max-header-bytes", 256, 1 << 20, &mut l.max_header_bytes);
-        s.int("messages-per-second", 1, 1_000_000, &mut l.messages_per_second);
-        s.int("burst", 1, 1_000_000, &mut l.burst);
-        s.int("connections-per-second-per-ip", 1, 1_000_000, &mut l.connections_per_second_per_ip);
-        s.finish();
-    }
-    {
-        let mut s = root.sub("heartbeat");
-        s.int("interval-ms", 100, MAX_MS, &mut cfg.heartbeat.interval_ms);
-        s.int("timeout-ms", 100, MAX_MS, &mut cfg.heartbeat.timeout_ms);
-        s.finish();
-    }
-    {
-        let mut s = root.sub("auth");
-        let mut mode = None;
-        s.opt_string("mode", &mut mode);
-        match mode.as_deref() {
-            None => {}
-            Some("none") => cfg.auth.mode = AuthMode::None,
-            Some("tokens") => cfg.auth.mode = AuthMode::Tokens,
-            Some(other) => s.bad("mode", format!("must be \"tokens\" or \"none\", got {other:?}")),
-        }
-        s.filters("subscribe", true, &mut cfg.auth.subscribe);
-        s.filters("publish", true, &mut cfg.auth.publish);
-        s.origins(&mut cfg.auth.allowed_origins);
-        s.tokens(&mut cfg.auth.tokens);
-        s.finish();
-    }
+    let mut top = Top { listen: cfg.listen };
+    top.apply(&mut root);
+    cfg.listen = top.listen;
+    let mut s = root.sub(Mqtt::TABLE);
+    cfg.mqtt.apply(&mut s);
+    s.finish();
+    let mut s = root.sub(Limits::TABLE);
+    cfg.limits.apply(&mut s);
+    s.finish();
+    let mut s = root.sub(Heartbeat::TABLE);
+    cfg.heartbeat.apply(&mut s);
+    s.finish();
+    let mut s = root.sub(Auth::TABLE);
+    cfg.auth.apply(&mut s);
+    s.finish();
     match root.table.remove("tls") {
         None => {}
         Some(Toml::Table(table)) => {
@@ -755,29 +384,16 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
                 }
             }
             if let (Some(cert), Some(key)) = (cert, key) {
-                let tls = Tls { cert: cert.into(), key: key.into() };
-                match crate::config::tls::server_config(&tls) {
-                    Ok(_) => cfg.tls = Some(tls),
-                    Err((k, reason)) => s.bad(k, reason),
-                }
+                cfg.tls = Some(Tls { cert: cert.into(), key: key.into(), loaded: None });
             }
             s.finish();
         }
         // Recorded, and the rest of the file is still checked.
         Some(other) => root.bad("tls", format!("must be a table, got {}", show(&other))),
     }
-    {
-        let mut s = root.sub("log");
-        let mut level = None;
-        s.opt_string("level", &mut level);
-        if let Some(l) = level {
-            match l.parse::<log::LevelFilter>() {
-                Ok(f) => cfg.log.level = f,
-                Err(_) => s.bad("level", format!("must be one of off, error, warn, info, debug, trace; got {l:?}")),
-            }
-        }
-        s.finish();
-    }
+    let mut s = root.sub(Log::TABLE);
+    cfg.log.apply(&mut s);
+    s.finish();
     root.finish();
 }
 
@@ -972,9 +588,13 @@ mod tests {
         }
         let p = err("[tls]\ncert = \"/nonexistent/cert.pem\"\n");
         assert_eq!(p[0].0, "tls.key");
-        let p = err("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
-        assert_eq!(p[0].0, "tls.cert");
-        assert!(p[0].1.contains("/nonexistent/cert.pem"), "{p:?}");
+        // Parsing reads no files: the paths are checked when they are read.
+        let text = "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n";
+        let parsed = load(text).unwrap();
+        assert!(parsed.tls.as_ref().is_some_and(|t| t.loaded.is_none()));
+        let e = parsed.read_files("t.toml").unwrap_err();
+        assert_eq!(e.problems[0].key, "tls.cert");
+        assert!(e.problems[0].reason.contains("/nonexistent/cert.pem"), "{e}");
     }
 
     #[test]

@@ -60,11 +60,14 @@ pub(crate) struct Live {
 
 impl Live {
     /// # Errors
-    /// The `[tls]` files no longer load (changed since the config was checked).
+    /// `[tls]` is set but its files were not read.
     pub(crate) fn new(cfg: &Config) -> Result<Live, String> {
         let tls = match &cfg.tls {
             None => None,
-            Some(t) => Some(crate::config::tls::server_config(t).map_err(|(k, why)| format!("tls.{k}: {why}"))?),
+            Some(t) => match &t.loaded {
+                Some(loaded) => Some(loaded.0.clone()),
+                None => return Err("tls: the certificate files were not read (Config::read_files)".into()),
+            },
         };
         Ok(Live {
             session: Arc::new(SessionConfig {
