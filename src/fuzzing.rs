@@ -11,7 +11,7 @@ use crate::hub::index::FilterIndex;
 use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
 use crate::listener::auth::{sha256, Authenticator};
 use crate::listener::http::{self, Head, HeadError};
-use crate::listener::origin;
+use edgepush_protocol::origin;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use edgepush_protocol::topic::{covers, matches, validate_filter, validate_topic};

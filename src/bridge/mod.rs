@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
+use edgepush_protocol::backoff::Backoff;
 use log::{debug, info, warn};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use smol::future::FutureExt as _;
@@ -23,31 +24,6 @@ use edgepush_protocol::value;
 const MAX_INCOMING_PACKET: usize = 1 << 20;
 /// How long the broker gets to answer CONNECT (rumqttc's default, named for the log).
 const CONNECT_TIMEOUT_S: u64 = 5;
-
-/// Capped exponential backoff between reconnect attempts.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, next: min }
-    }
-
-    /// The delay before the next attempt; doubles up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
 
 fn qos(q: u8) -> QoS {
     match q {
@@ -120,8 +96,10 @@ async fn run(
         }
     });
 
-    let mut backoff =
-        Backoff::new(Duration::from_millis(cfg.reconnect_min_ms), Duration::from_millis(cfg.reconnect_max_ms));
+    // The ceiling of the protocol's backoff, without jitter: one link to the
+    // gateway's own broker has no crowd to spread out.
+    let backoff =
+        Backoff { base: Duration::from_millis(cfg.reconnect_min_ms), cap: Duration::from_millis(cfg.reconnect_max_ms) };
     let broker = format!("{}:{}", cfg.host, cfg.port);
     let mut up = false;
     let mut ever_up = false;
@@ -159,7 +137,6 @@ async fn run(
                 }
                 up = true;
                 failures = 0;
-                backoff.reset();
                 if ever_up {
                     Metrics::inc(&metrics.broker_reconnects);
                     info!("mqtt: link to {broker} is back");
@@ -180,7 +157,7 @@ async fn run(
             }
             Ok(_) => continue,
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = backoff.ceiling(failures);
                 failures += 1;
                 let why = describe(&e);
                 if up {
@@ -236,16 +213,6 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_and_resets() {
-        let ms = Duration::from_millis;
-        let mut b = Backoff::new(ms(250), ms(1000));
-        let got: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
-        assert_eq!(got, vec![ms(250), ms(500), ms(1000), ms(1000), ms(1000)]);
-        b.reset();
-        assert_eq!(b.next_delay(), ms(250));
-    }
 
     #[test]
     fn sys_topics_are_never_forwarded() {

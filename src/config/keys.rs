@@ -397,7 +397,7 @@ impl<'a> Section<'a> {
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Toml::String(o) if o == "*" => out.push(o),
-                Toml::String(o) => match crate::listener::origin::normalize(&o) {
+                Toml::String(o) => match edgepush_protocol::origin::normalize(&o) {
                     Some(n) => out.push(n),
                     None => self.bad(
                         &format!("{k}[{i}]"),

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::listener::auth::{self, Authenticator, Denied, Identity};
-use crate::listener::origin;
 use crate::metrics::Refusal;
+use edgepush_protocol::origin;
 use edgepush_protocol::SUBPROTOCOL;
 
 /// Most bytes read from the socket at once while reading a head.

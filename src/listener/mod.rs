@@ -5,7 +5,6 @@
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod http;
-pub(crate) mod origin;
 mod routes;
 
 use std::io;
@@ -145,7 +144,7 @@ async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shar
         hub: shared.hub.clone(),
         perms: who.perms,
         metrics: shared.metrics.clone(),
-        slot,
+        slot: Box::new(slot),
     };
     match &who.name {
         Some(name) => debug!("{peer}: upgraded as connection {} with token {name:?}", session.conn),

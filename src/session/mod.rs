@@ -33,7 +33,6 @@ use crate::session::rate::Bucket;
 use edgepush_protocol::Permissions;
 use edgepush_protocol::{ClientMsg, ServerMsg};
 
-use crate::listener::admission::Slot;
 use ticker::Ticker;
 
 /// Most bytes packed into one outgoing WebSocket message.
@@ -77,7 +76,9 @@ pub struct Session {
     pub hub: Sender<HubCmd>,
     pub perms: Arc<Permissions>,
     pub metrics: Arc<Metrics>,
-    pub slot: Slot,
+    /// What the listener holds for this connection while it lives (its
+    /// admission slot): dropped, and so given back, when the session ends.
+    pub slot: Box<dyn Send + Sync>,
 }
 
 enum Step {

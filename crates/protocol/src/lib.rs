@@ -22,13 +22,14 @@
 //!
 //! Modules: [`msg`] (the messages), [`value`] (payload → [`Value`]),
 //! [`topic`] (syntax, matching, "within", [`Permissions`]), [`authority`]
-//! (`host[:port]`), [`backoff`] and [`rng`] (reconnect jitter).
+//! (`host[:port]`), [`origin`] (the `Origin` check), [`backoff`] and [`rng`] (reconnect jitter).
 
 #![warn(missing_docs)]
 
 pub mod authority;
 pub mod backoff;
 pub mod msg;
+pub mod origin;
 pub mod rng;
 pub mod topic;
 pub mod value;

@@ -2,6 +2,15 @@
 //! site can open a WebSocket to the gateway, and the browser sends the user's
 //! cookies with it. Browsers always send `Origin` on a WebSocket request;
 //! other clients (CLI, sensors) usually do not, and are let through.
+//!
+//! ```
+//! use edgepush_protocol::origin::{normalize, permitted};
+//!
+//! assert_eq!(normalize("HTTPS://Dash.lan").as_deref(), Some("https://dash.lan:443"));
+//! // By default only the request's own host and port may connect.
+//! assert!(permitted(Some(b"http://gw.lan:8080"), Some(b"gw.lan:8080"), None, false));
+//! assert!(!permitted(Some(b"http://evil.example"), Some(b"gw.lan:8080"), None, false));
+//! ```
 
 /// `scheme://host:port` with scheme http or https, lowercase, the port always
 /// written out (the scheme's default when absent). None for anything else,
@@ -23,10 +32,7 @@ fn host_port(s: &str, default: u16) -> Option<(String, u16)> {
     if s.is_empty() || s.contains(['/', '?', '#', '@', ' ']) {
         return None;
     }
-    let (host, port) = match s.rfind(':') {
-        Some(i) if !s[i..].contains(']') => (&s[..i], Some(&s[i + 1..])),
-        _ => (s, None),
-    };
+    let (host, port) = crate::authority::split_host_port(s);
     let port = match port {
         None => default,
         Some(p) => p.parse().ok().filter(|p| *p != 0)?,
