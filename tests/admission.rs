@@ -198,8 +198,8 @@ fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
     ));
     let silent: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
     let m = server.metrics();
-    // Let the accept loop take all of them.
-    std::thread::sleep(Duration::from_millis(200));
+    // The accept loop has taken all of them once none waits in the kernel's queue.
+    wait_until(5000, "the accept loop to take the 64", || accept_backlog(server.addr.port()) == 0);
     let started = Instant::now();
     let mut extra = TcpStream::connect(server.addr).unwrap();
     extra.set_read_timeout(Some(scaled(5000))).unwrap();

@@ -51,6 +51,8 @@ fn broker_killed_and_restarted_clients_are_told_and_events_flow_again() {
 fn no_broker_at_start_is_retried_until_one_appears() {
     let port = free_port();
     let server = Server::start(&config(port, ""));
+    // Deliberately some time with nothing on the port: a few connection
+    // attempts (every 50 to 200 ms) fail before the checks below.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(get(server.addr, "/healthz").0, 503);
     let c = block_on_timeout(5000, "connect", Client::connect(&server.url())).unwrap();

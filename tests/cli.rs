@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use common::*;
 use edgepush_client::Client;
@@ -15,40 +14,22 @@ fn bin() -> Command {
     edgepush_command()
 }
 
-fn write_config(text: &str) -> std::path::PathBuf {
-    let path = scratch_dir("config").join("edgepush.toml");
-    std::fs::write(&path, common::open_auth(text)).unwrap();
-    path
+/// `config` written to a fresh scratch directory; returns its path.
+fn config_file(text: &str) -> std::path::PathBuf {
+    write_config(&scratch_dir("config"), text)
 }
 
-/// Starts `edgepush run` and returns it with the address it listens on.
-fn run_server(config: &str) -> (Child, std::net::SocketAddr) {
-    let port = free_port();
-    let path = write_config(&format!("listen = \"127.0.0.1:{port}\"\n{config}"));
-    let child = bin().args(["run", "--config"]).arg(&path).stderr(Stdio::piped()).spawn().unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(10_000, "the server to listen", || std::net::TcpStream::connect(addr).is_ok());
-    (child, addr)
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// `edgepush watch` with `args`, its stdout and stderr read line by line.
+fn watch(args: &[&str]) -> Daemon {
+    let mut cmd = bin();
+    cmd.arg("watch").args(args);
+    Daemon::spawn(cmd)
 }
 
 #[test]
 fn sigterm_closes_every_client_with_1001_and_exits_0_within_2s() {
     let broker = Broker::start();
-    let (mut child, addr) = run_server(&format!("[mqtt]\nport = {}\n", broker.port));
+    let (mut server, addr) = run_binary(&format!("[mqtt]\nport = {}\n", broker.port));
     let url = format!("ws://{addr}/ws");
     let mut clients: Vec<Client> = block_on_timeout(10_000, "clients", async {
         let mut v = Vec::new();
@@ -58,14 +39,13 @@ fn sigterm_closes_every_client_with_1001_and_exits_0_within_2s() {
         v
     });
     let started = Instant::now();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    server.signal(libc::SIGTERM);
     block_on_timeout(5000, "close frames", async {
         for c in &mut clients {
             assert_eq!(close_code(c).await, Some(1001));
         }
     });
-    let status = wait_exit(&mut child, scaled(2000)).expect("exited within 2 s");
+    let status = server.wait_exit(2000);
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < scaled(2000), "{:?}", started.elapsed());
     // Nothing listens any more.
@@ -74,15 +54,14 @@ fn sigterm_closes_every_client_with_1001_and_exits_0_within_2s() {
 
 #[test]
 fn sigint_also_exits_0() {
-    let (mut child, _) = run_server("[mqtt]\nport = 1\n");
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = wait_exit(&mut child, scaled(2000)).expect("exited within 2 s");
-    assert!(status.success());
+    let (mut server, _) = run_binary("[mqtt]\nport = 1\n");
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit(2000).success());
 }
 
 #[test]
 fn a_bad_config_exits_78_and_names_every_key() {
-    let path = write_config(
+    let path = config_file(
         "listen = \"nowhere\"\n[limits]\nmax-connections = -1\nmax-conections = 5\n[mqtt]\npassword = \"hunter2\"\n",
     );
     for cmd in ["run", "check-config"] {
@@ -101,7 +80,7 @@ fn a_bad_config_exits_78_and_names_every_key() {
 
 #[test]
 fn check_config_prints_the_effective_config_with_secrets_redacted() {
-    let path = write_config("[mqtt]\nusername = \"gw\"\npassword = \"hunter2\"\n[limits]\nhistory = 10\n");
+    let path = config_file("[mqtt]\nusername = \"gw\"\npassword = \"hunter2\"\n[limits]\nhistory = 10\n");
     let out = bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -135,18 +114,14 @@ fn watch_prints_one_line_per_event_and_notices() {
     p.flush();
     let m = server.metrics();
     wait_until(5000, "events in", || m.events_in.load(std::sync::atomic::Ordering::Relaxed) == 2);
-    let mut child =
-        bin().args(["watch", &server.url(), "w/#"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let w = watch(&[&server.url(), "w/#"]);
     // The snapshot first, then live events.
-    assert_eq!(lines.next().unwrap().unwrap(), "w/t 1 21.5");
-    assert_eq!(lines.next().unwrap().unwrap(), "w/env 2 t=1 h=2");
+    assert_eq!(w.out.next(10_000), "w/t 1 21.5");
+    assert_eq!(w.out.next(5000), "w/env 2 t=1 h=2");
     p.publish("w/door", "open");
-    assert_eq!(lines.next().unwrap().unwrap(), "w/door 3 \"open\"");
-    let _ = child.kill();
-    let _ = child.wait();
-    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
-    assert!(stderr.contains("# connected to edgepush") && stderr.contains("# synced at seq 2"), "{stderr}");
+    assert_eq!(w.out.next(5000), "w/door 3 \"open\"");
+    w.wait_log("# connected to edgepush", 5000);
+    w.wait_log("# synced at seq 2", 5000);
 }
 
 #[test]
@@ -155,11 +130,11 @@ fn watch_exits_non_zero_with_the_http_status_when_refused() {
     let server =
         Server::start_linked(&config(broker.port, "[limits]\nmax-connections = 1\nmax-connections-per-ip = 1"));
     let _held = block_on_timeout(5000, "connect", Client::connect(&server.url())).unwrap();
-    let out = bin().args(["watch", &server.url()]).output().unwrap();
+    let out = output_within(bin().args(["watch", &server.url()]), b"", 10_000);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HTTP 503"), "{err}");
-    let out = bin().args(["watch", "http://nope"]).output().unwrap();
+    let out = output_within(bin().args(["watch", "http://nope"]), b"", 10_000);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -167,37 +142,23 @@ fn watch_exits_non_zero_with_the_http_status_when_refused() {
 fn watch_shows_broker_notices() {
     let mut broker = Broker::start();
     let server = Server::start_linked(&config(broker.port, ""));
-    let mut child = bin().args(["watch", &server.url()]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = |want: &str| {
-        for l in lines.by_ref() {
-            if l.unwrap().contains(want) {
-                return;
-            }
-        }
-        panic!("{want} never printed");
-    };
-    seen("# synced");
+    let w = watch(&[&server.url()]);
+    // In this order: `until` passes over the lines before the one it finds.
+    w.log.until("# synced", 10_000);
     broker.stop();
-    seen("# broker down");
+    w.log.until("# broker down", 10_000);
     broker.restart();
-    seen("# broker up");
-    let _ = child.kill();
-    let _ = child.wait();
+    w.log.until("# broker up", 15_000);
 }
 
 #[cfg(feature = "demo")]
 #[test]
 fn demo_runs_the_whole_pipeline_without_a_broker_installed() {
     let port = free_port();
-    let mut child = bin()
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = out.next().unwrap().unwrap();
+    let mut cmd = bin();
+    cmd.args(["demo", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut demo = Daemon::spawn(cmd);
+    let line = demo.out.next(20_000);
     assert_eq!(line, format!("edgepush demo: dashboard at http://127.0.0.1:{port}/  (Ctrl-C to stop)"));
     let url = format!("ws://127.0.0.1:{port}/ws");
     let topics = block_on_timeout(20_000, "demo events", async {
@@ -214,12 +175,11 @@ fn demo_runs_the_whole_pipeline_without_a_broker_installed() {
         topics
     });
     assert!(topics.contains("doors/front") && topics.contains("meters/main/power"), "{topics:?}");
-    let (status, page) = get(format!("127.0.0.1:{port}").parse().unwrap(), "/");
+    let (status, page) = get(loopback(port), "/");
     assert_eq!(status, 200);
     assert!(page.contains("/app.mjs"));
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status = wait_exit(&mut child, scaled(3000)).expect("demo exits");
-    assert!(status.success());
+    demo.signal(libc::SIGTERM);
+    assert!(demo.wait_exit(3000).success());
 }
 
 #[test]
@@ -228,7 +188,7 @@ fn board_profiles_are_selected_by_flag_or_key_and_flag_wins() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("board = \"raspberry-pi-zero-2w\"") && text.contains("max-connections = 512"), "{text}");
-    let path = write_config("board = \"beaglebone-black\"\n[limits]\nhistory = 100\n");
+    let path = config_file("board = \"beaglebone-black\"\n[limits]\nhistory = 100\n");
     let out = bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("max-connections = 256") && text.contains("history = 100"), "{text}");
@@ -242,17 +202,7 @@ fn board_profiles_are_selected_by_flag_or_key_and_flag_wins() {
 
 #[test]
 fn hash_token_reads_stdin_and_check_config_never_shows_a_hash() {
-    let hash = |input: &str| {
-        let mut child = bin()
-            .arg("hash-token")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let hash = |input: &str| output_within(bin().arg("hash-token"), input.as_bytes(), 10_000);
     // `printf abc | sha256sum`; the line end is not part of the token.
     let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     for input in ["abc", "abc\n", "abc\r\n"] {
@@ -268,7 +218,7 @@ fn hash_token_reads_stdin_and_check_config_never_shows_a_hash() {
     assert_eq!(bin().args(["hash-token", "abc"]).output().unwrap().status.code(), Some(64), "not from argv");
 
     // check-config: the entry's name and scopes, not its hash; the warnings on stderr.
-    let path = write_config(&format!(
+    let path = config_file(&format!(
         "[auth]\nallowed-origins = [\"*\"]\n[[auth.tokens]]\nname = \"wall\"\nsha256 = \"{want}\"\nsubscribe = [\"s/#\"]\n"
     ));
     let out = bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
@@ -276,7 +226,7 @@ fn hash_token_reads_stdin_and_check_config_never_shows_a_hash() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("name = \"wall\"") && !stdout.contains(&want[..16]), "{stdout}");
     assert!(stderr.contains("allowed-origins") && stderr.contains("cross-site"), "{stderr}");
-    let open = write_config("listen = \"0.0.0.0:8080\"\n");
+    let open = config_file("listen = \"0.0.0.0:8080\"\n");
     let out = bin().args(["check-config", "--config"]).arg(&open).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"), "mode = \"none\" is warned about");
 }

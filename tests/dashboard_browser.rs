@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
 
 use async_tungstenite::tungstenite::Message;
 use common::*;
@@ -55,18 +54,9 @@ impl Browser {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start chromium");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let (false, Some(url)) = (sent, line.strip_prefix("DevTools listening on ")) {
-                    let _ = tx.send(url.trim().to_owned());
-                    sent = true;
-                }
-            }
-        });
-        let ws_url = rx.recv_timeout(scaled(30_000)).expect("chromium printed its DevTools address");
+        let stderr = Lines::read(child.stderr.take().unwrap());
+        let line = stderr.until("DevTools listening on ", 30_000);
+        let ws_url = line.split("DevTools listening on ").nth(1).unwrap().trim().to_owned();
         Browser { child, ws_url }
     }
 }
@@ -241,29 +231,29 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
         cdp.eval("document.getElementById('filter').value = '#'; document.getElementById('filter-form').requestSubmit(); true").await;
         cdp.wait_for(5000, "all tiles again", "document.querySelectorAll('.tile').length === 7").await;
 
-        // 1. A value published over MQTT is on screen within 1 s.
+        // 1. A value published over MQTT is on screen within 1 s. The watcher
+        // is installed (its answer says so) before the value is published.
         let probe = "document.querySelector('[data-topic=\"lab/probe\"] .value')?.textContent === '23.456'";
-        let watch = cdp
-            .send(
-                "Runtime.evaluate",
-                json!({ "expression": format!("new Promise((ok) => {{ const t = setInterval(() => {{ if ({probe}) {{ clearInterval(t); ok(Date.now()); }} }}, 2); }})"), "returnByValue": true, "awaitPromise": true }),
-            )
-            .await;
-        smol::Timer::after(Duration::from_millis(100)).await;
+        cdp.eval(&format!("window.__probeShown = new Promise((ok) => {{ const t = setInterval(() => {{ if ({probe}) {{ clearInterval(t); ok(Date.now()); }} }}, 2); }}); true")).await;
         let published_at = edgepush::internals::now_ms();
         publisher.publish("lab/probe", "23.456");
         let shown_at =
-            timeout(5000, "the probe value on screen", cdp.answer(watch)).await["result"]["value"].as_u64().unwrap();
+            timeout(5000, "the probe value on screen", cdp.eval("window.__probeShown")).await.as_u64().unwrap();
         let latency = shown_at.saturating_sub(published_at);
         eprintln!("publish-to-screen latency: {latency} ms");
         assert!(latency < 1000, "{latency} ms");
 
-        // The sparklines need a few more points; then the screenshot.
+        // The sparklines need a few more points; then the screenshot, once the
+        // page has shown the last of them (its seq is the server's event count).
         for round in 30..40 {
             publish_sample(&mut publisher, round);
         }
+        publisher.flush();
+        let m = server.metrics();
+        let total = 40 * 7 + 1;
+        wait_until_async(5000, "the server to take every sample", || m.events_in.load(Relaxed) >= total).await;
         cdp.wait_for(5000, "the last sample", "document.querySelectorAll('.tile').length === 8").await;
-        smol::Timer::after(Duration::from_millis(300)).await;
+        cdp.wait_for(5000, "the last sample on the page", &format!("Number(window.edgepush.lastSeq) >= {total}")).await;
         let png = cdp.call("Page.captureScreenshot", json!({ "format": "png" })).await;
         let shot = base64_decode(png["data"].as_str().unwrap());
 

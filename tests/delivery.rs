@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use common::*;
 use edgepush_client::Client;
 use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
@@ -83,12 +85,7 @@ fn retained_messages_fill_the_snapshot_and_sys_is_never_forwarded() {
     block_on_timeout(20_000, "snapshot", async {
         // The retained value arrives through the bridge; wait for it to be taken.
         let m = server.metrics();
-        timeout(5000, "retained event", async {
-            while m.events_in.load(std::sync::atomic::Ordering::Relaxed) < 1 {
-                smol::Timer::after(std::time::Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        wait_until_async(5000, "the retained event", || m.events_in.load(Relaxed) >= 1).await;
         let (_c, got) = subscribed(&server.url(), &["#"]).await;
         assert_eq!(events(&got), vec![(0, 1, Value::Text("closed".into()))]);
         assert!(got.contains(&ServerMsg::Topic { id: 0, name: "home/door".into() }));
@@ -97,7 +94,7 @@ fn retained_messages_fill_the_snapshot_and_sys_is_never_forwarded() {
         let (_c, got) = subscribed(&server.url(), &["$SYS/#"]).await;
         assert_eq!(events(&got), vec![]);
     });
-    assert_eq!(server.metrics().events_in.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(server.metrics().events_in.load(Relaxed), 1);
 }
 
 #[test]
@@ -114,8 +111,7 @@ fn overlapping_subscriptions_deliver_live_events_once_but_answer_each_subscribe_
             until(&mut c, 5000, |m| matches!(m, ServerMsg::Event { .. })).await;
         }
         // A second subscription matching the same topic gets its own snapshot.
-        c.subscribe(2, &["+/t", "a/t"], None).await.unwrap();
-        let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { id: 2, .. })).await;
+        let got = subscribe_synced(&mut c, 2, &["+/t", "a/t"], None).await;
         assert_eq!(events(&got).len(), 1, "the answer covers a/t again: {got:?}");
         publisher.publish("a/t", "2");
         publisher.publish("b/t", "3");
@@ -152,15 +148,9 @@ fn resume_replays_what_was_missed_and_a_stale_epoch_falls_back_to_snapshot() {
         publisher.publish("s/c", "5");
         publisher.flush();
         let m = server.metrics();
-        timeout(5000, "events in", async {
-            while m.events_in.load(std::sync::atomic::Ordering::Relaxed) < 5 {
-                smol::Timer::after(std::time::Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        let mut c = Client::connect(&server.url()).await.unwrap();
-        c.subscribe(1, &["s/#"], Some(resume)).await.unwrap();
-        let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { .. })).await;
+        wait_until_async(5000, "events in", || m.events_in.load(Relaxed) >= 5).await;
+        let mut c = timeout(5000, "connect", Client::connect(&server.url())).await.unwrap();
+        let got = subscribe_synced(&mut c, 1, &["s/#"], Some(resume)).await;
         assert_eq!(events(&got).iter().map(|e| e.1).collect::<Vec<_>>(), vec![3, 5]);
         assert_eq!(got.last(), Some(&ServerMsg::Synced { id: 1, seq: 5, mode: SyncMode::Replay }));
         // Topics are declared again on the new connection.
@@ -168,8 +158,7 @@ fn resume_replays_what_was_missed_and_a_stale_epoch_falls_back_to_snapshot() {
 
         // A stale epoch gets a snapshot: the latest of each matching topic, in seq order.
         let stale = Resume { epoch: resume.epoch ^ 1, last_seq: 2 };
-        c.subscribe(2, &["s/#"], Some(stale)).await.unwrap();
-        let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { id: 2, .. })).await;
+        let got = subscribe_synced(&mut c, 2, &["s/#"], Some(stale)).await;
         assert_eq!(events(&got).iter().map(|e| e.1).collect::<Vec<_>>(), vec![2, 3, 5]);
         assert_eq!(got.last(), Some(&ServerMsg::Synced { id: 2, seq: 5, mode: SyncMode::Snapshot }));
 
@@ -178,12 +167,10 @@ fn resume_replays_what_was_missed_and_a_stale_epoch_falls_back_to_snapshot() {
             publisher.publish("s/a", format!("{i}"));
         }
         until(&mut c, 5000, |m| matches!(m, ServerMsg::Event { seq: 15, .. })).await;
-        c.subscribe(3, &["s/#"], Some(Resume { epoch: resume.epoch, last_seq: 5 })).await.unwrap();
-        let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { id: 3, .. })).await;
+        let got = subscribe_synced(&mut c, 3, &["s/#"], Some(Resume { epoch: resume.epoch, last_seq: 5 })).await;
         assert_eq!(got.last(), Some(&ServerMsg::Synced { id: 3, seq: 15, mode: SyncMode::Snapshot }));
         // Within it: replay.
-        c.subscribe(4, &["s/#"], Some(Resume { epoch: resume.epoch, last_seq: 9 })).await.unwrap();
-        let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { id: 4, .. })).await;
+        let got = subscribe_synced(&mut c, 4, &["s/#"], Some(Resume { epoch: resume.epoch, last_seq: 9 })).await;
         assert_eq!(events(&got).iter().map(|e| e.1).collect::<Vec<_>>(), (10..=15).collect::<Vec<_>>());
         assert_eq!(got.last(), Some(&ServerMsg::Synced { id: 4, seq: 15, mode: SyncMode::Replay }));
     });
@@ -210,6 +197,8 @@ fn live_events_racing_a_subscribe_are_neither_lost_nor_doubled() {
             let mut c = Client::connect(&url).await.unwrap();
             c.subscribe(1, &["race/#"], None).await.unwrap();
             clients.push(c);
+            // Spreads the subscribes over the stream: the race is the subject,
+            // so this paces them rather than waiting for anything.
             smol::Timer::after(std::time::Duration::from_millis(5)).await;
         }
         for (n, mut c) in clients.into_iter().enumerate() {
@@ -277,7 +266,7 @@ fn queued_messages_are_packed_into_one_frame() {
     }
     p.flush();
     let m = server.metrics();
-    wait_until(5000, "events in", || m.events_in.load(std::sync::atomic::Ordering::Relaxed) == 3);
+    wait_until(5000, "events in", || m.events_in.load(Relaxed) == 3);
     let mut raw = RawWs::connect(server.addr);
     let (_, hello) = raw.read_frame().unwrap();
     assert!(matches!(ServerMsg::decode_all(&hello).unwrap()[0], ServerMsg::Hello { .. }));

@@ -107,15 +107,18 @@ fn half_open_connections_are_freed_by_the_server_and_noticed_by_the_clients() {
                     Follower::new(&url, &["#"], Backoff { base: Duration::from_secs(5), cap: Duration::from_secs(5) })
                 })
                 .collect();
-            for f in &mut followers {
-                loop {
-                    match f.next().await {
-                        Update::Synced { .. } => break,
-                        Update::Lost { why, .. } => panic!("could not connect from the namespace: {why}"),
-                        _ => {}
+            timeout(20_000, "the clients to sync from the namespace", async {
+                for f in &mut followers {
+                    loop {
+                        match f.next().await {
+                            Update::Synced { .. } => break,
+                            Update::Lost { why, .. } => panic!("could not connect from the namespace: {why}"),
+                            _ => {}
+                        }
                     }
                 }
-            }
+            })
+            .await;
             synced_tx.send(()).unwrap();
             // Keep reading on every client at once while the test cuts the link.
             let ex = smol::LocalExecutor::new();
@@ -132,13 +135,17 @@ fn half_open_connections_are_freed_by_the_server_and_noticed_by_the_clients() {
                 })
                 .collect();
             ex.run(async {
-                let cut_at = smol::unblock(move || cut_rx.recv().unwrap()).await;
-                let mut noticed = Vec::new();
-                for t in tasks {
-                    let (at, why) = t.await;
-                    noticed.push((at.saturating_duration_since(cut_at), why));
-                }
-                noticed
+                let cut_at = smol::unblock(move || cut_rx.recv_timeout(scaled(30_000)).expect("the cut")).await;
+                // Far past the bound checked below: a client that never notices fails, not hangs.
+                timeout(30_000, "every client to notice the dead link", async {
+                    let mut noticed = Vec::new();
+                    for t in tasks {
+                        let (at, why) = t.await;
+                        noticed.push((at.saturating_duration_since(cut_at), why));
+                    }
+                    noticed
+                })
+                .await
             })
             .await
         })
@@ -146,8 +153,10 @@ fn half_open_connections_are_freed_by_the_server_and_noticed_by_the_clients() {
     synced_rx.recv_timeout(scaled(20_000)).expect("clients connected from the namespace");
     let m = server.metrics();
     assert_eq!(m.connections.load(Relaxed), CLIENTS as u64);
-    // Let one heartbeat round pass so the link is known good, then cut it.
-    std::thread::sleep(scaled(interval_ms));
+    // One heartbeat round (a Heartbeat message to every client, sent with
+    // the first ping) so the link is known good, then cut it.
+    let sent = m.messages_sent.load(Relaxed);
+    wait_until(10_000, "a heartbeat round", || m.messages_sent.load(Relaxed) >= sent + CLIENTS as u64);
     ns.cut();
     let cut_at = Instant::now();
     cut_tx.send(cut_at).unwrap();

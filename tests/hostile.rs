@@ -1,9 +1,10 @@
 //! The hostile-input matrix: one server (the real binary, so its RSS is its
-//! own), a well-behaved dashboard client receiving a steady stream, and one
-//! attack after another, each from its own loopback address. Every case
-//! asserts the HTTP status or close code PROTOCOL.md names, then that the
-//! good client is still receiving and that the server's RSS stays within
-//! `RSS_HEADROOM_KIB` of where it started.
+//! own), a well-behaved dashboard client receiving a steady stream, and a
+//! table of attacks run one after another, each from its own loopback
+//! address. Every case asserts the HTTP status or close code PROTOCOL.md
+//! names; after each, the loop checks that the good client is still
+//! receiving and that the server's RSS stays within `RSS_HEADROOM_KIB` of
+//! where it started (one table row per case with `-- --nocapture`).
 
 mod common;
 
@@ -27,21 +28,52 @@ const VIEWER: &str = "viewer-token-3243f6a8885a308d";
 /// Big enough that a 64 KiB filter reaches the filter check.
 const MAX_MESSAGE: usize = 70_000;
 
-struct Bench {
+/// One attack: its row in the RSS table, and what it does with the
+/// assertions on what the server answers.
+struct Case {
+    name: &'static str,
+    attack: fn(&mut Env),
+}
+
+/// Every case, in the order they run. The good client's events and the
+/// server's RSS are checked after each by the loop, not by the cases.
+const CASES: &[Case] = &[
+    Case { name: "401 and 403 before the upgrade", attack: credentials_and_origin },
+    Case { name: "connection rate from one address -> 429", attack: connection_rate },
+    Case { name: "slowloris -> 408 at the handshake timeout", attack: slowloris },
+    Case { name: "every protocol violation (1002/1003/1007/1009)", attack: protocol_violations_each },
+    Case { name: "bad filters -> Error 400", attack: bad_filters },
+    Case { name: "scopes -> Error 403, Publish within -> Ack", attack: scopes },
+    Case { name: "10,000 Subscribes -> 1008", attack: subscribe_flood },
+    Case { name: "a million tiny data frames -> 1008", attack: tiny_frame_flood },
+    Case { name: "a million ping frames: answered, connection kept", attack: ping_flood },
+    Case { name: "a client that never reads -> evicted (1013)", attack: never_reads },
+];
+
+/// What every case works against: the server, its broker, and the good
+/// client's event count.
+struct Env {
     addr: SocketAddr,
+    broker_port: u16,
     pid: u32,
     received: Arc<AtomicU64>,
     baseline_kib: u64,
     next_src: u8,
 }
 
-impl Bench {
+impl Env {
     /// A fresh loopback source address for the next attack.
     fn src(&mut self) -> Ipv4Addr {
         self.next_src += 1;
         Ipv4Addr::new(127, 0, 1, self.next_src)
     }
 
+    /// An upgrade request for this server with extra `headers`.
+    fn upgrade(&self, headers: &str) -> String {
+        upgrade_request(self.addr, headers)
+    }
+
+    /// An upgraded connection from a fresh address.
     fn ws(&mut self, headers: &str) -> RawWs {
         let s = tcp_from(self.src(), self.addr, None);
         RawWs::upgrade(s, self.addr, headers)
@@ -59,12 +91,13 @@ impl Bench {
     fn still_serving(&self, case: &str) {
         let before = self.received.load(Relaxed);
         wait_until(10_000, &format!("{case}: the good client receiving"), || self.received.load(Relaxed) >= before + 5);
-        let rss = edgepush::internals::rss_kib(self.pid).expect("VmRSS");
+        let rss = rss_kib(self.pid);
         println!("{case:<48} ok; server RSS {rss} KiB (baseline {} KiB)", self.baseline_kib);
         assert!(rss <= self.baseline_kib + RSS_HEADROOM_KIB, "{case}: server RSS {rss} KiB");
     }
 }
 
+/// The status code of an HTTP answer (the socket has a read timeout).
 fn status_of(s: &mut std::net::TcpStream) -> u16 {
     let mut head = Vec::new();
     let mut b = [0u8; 512];
@@ -122,95 +155,37 @@ fn subscribe(id: u32, filter: &str) -> ClientMsg {
     ClientMsg::Subscribe { id, filters: vec![filter.into()], resume: None }
 }
 
-#[test]
-fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiving() {
-    let broker = Broker::start();
-    let port = free_port();
-    let dir = scratch_dir("hostile");
-    let cfg = dir.join("edgepush.toml");
-    let token = |name: &str, secret: &str, sub: &str, publish: &str| {
-        format!(
-            "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nsubscribe = {sub}\npublish = {publish}\n",
-            hex(&sha256(secret.as_bytes()))
-        )
-    };
-    let text = format!(
-        "listen = \"127.0.0.1:{port}\"\n[limits]\nmax-message-bytes = {MAX_MESSAGE}\nhandshake-timeout-ms = 1000\n\
-         slow-client-timeout-ms = 1000\noutbox-messages = 64\nmessages-per-second = 50\nburst = 100\n\
-         connections-per-second-per-ip = 10\n[heartbeat]\ninterval-ms = 300000\n[mqtt]\nport = {}\nreconnect-min-ms = 50\nreconnect-max-ms = 200\n{}{}",
-        broker.port,
-        token("wall", WALL, "[\"sensors/#\", \"cmd/#\"]", "[\"cmd/#\"]"),
-        token("viewer", VIEWER, "[\"sensors/room1/#\"]", "[]"),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let mut cmd = edgepush_command();
-    cmd.args(["run", "--config"]).arg(&cfg);
-    let server = Daemon::spawn(cmd);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(10_000, "the server linked to the broker", || {
-        std::net::TcpStream::connect(addr).is_ok() && get(addr, "/healthz").0 == 200
-    });
+/// "A million" frames: a tenth of that under emulation, where the server
+/// runs ~10x slower.
+fn million() -> usize {
+    if time_scale() > 1.0 {
+        100_000
+    } else {
+        1_000_000
+    }
+}
 
-    // The steady stream, and the good client (its token in the query, as the dashboard sends it).
-    // The good client stops first (it wakes on the next event), then the publisher.
-    let (stop, stop_good) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let publisher = {
-        let (stop, port) = (stop.clone(), broker.port);
-        std::thread::spawn(move || {
-            let mut p = Publisher::connect(port);
-            let mut n = 0u64;
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while !stop.load(Relaxed) && Instant::now() < deadline {
-                p.publish("sensors/room1/t", format!("{n}"));
-                n += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    let received = Arc::new(AtomicU64::new(0));
-    let good = {
-        let (stop, received) = (stop_good.clone(), received.clone());
-        let url = with_token(&format!("ws://{addr}/ws"), VIEWER);
-        std::thread::spawn(move || {
-            smol::block_on(async {
-                let mut c = Client::connect(&url).await.expect("the good client connects");
-                c.subscribe(1, &["sensors/room1/#"], None).await.unwrap();
-                while !stop.load(Relaxed) {
-                    match c.next().await {
-                        Ok(ServerMsg::Event { .. }) => {
-                            received.fetch_add(1, Relaxed);
-                        }
-                        Ok(_) => {}
-                        Err(e) => panic!("the good client lost its connection: {e}"),
-                    }
-                }
-            })
-        })
-    };
-    wait_until(10_000, "the good client's first events", || received.load(Relaxed) >= 5);
-    let baseline_kib = edgepush::internals::rss_kib(server.child.id()).unwrap();
-    let mut b = Bench { addr, pid: server.child.id(), received, baseline_kib, next_src: 0 };
-
-    // Credentials and Origin: refused before the upgrade.
-    let upgrade = |headers: &str| upgrade_request(addr, headers);
-    assert_eq!(b.status(&upgrade("")), 401, "no token");
-    assert_eq!(b.status(&upgrade(&bearer("guess"))), 401, "unknown token");
-    assert_eq!(b.status(&upgrade("Cookie: edgepush_token=nope\r\n")), 401, "unknown cookie token");
+/// Credentials and Origin: refused before the upgrade.
+fn credentials_and_origin(env: &mut Env) {
+    assert_eq!(env.status(&env.upgrade("")), 401, "no token");
+    assert_eq!(env.status(&env.upgrade(&bearer("guess"))), 401, "unknown token");
+    assert_eq!(env.status(&env.upgrade("Cookie: edgepush_token=nope\r\n")), 401, "unknown cookie token");
     let foreign = format!("{}Origin: http://evil.example\r\n", bearer(WALL));
-    assert_eq!(b.status(&upgrade(&foreign)), 403, "a foreign Origin with a good token");
-    let own = format!("Cookie: a=1; edgepush_token={WALL}\r\nOrigin: http://{addr}\r\n");
-    assert_eq!(b.status(&upgrade(&own)), 101, "the cookie and our own Origin");
-    b.still_serving("401 and 403 before the upgrade");
+    assert_eq!(env.status(&env.upgrade(&foreign)), 403, "a foreign Origin with a good token");
+    let own = format!("Cookie: a=1; edgepush_token={WALL}\r\nOrigin: http://{}\r\n", env.addr);
+    assert_eq!(env.status(&env.upgrade(&own)), 101, "the cookie and our own Origin");
+}
 
-    // New connections per second from one address: past 10, 429.
+/// New connections per second from one address: past 10, 429.
+fn connection_rate(env: &mut Env) {
     // All requests are sent before any answer is read, so the server sees
     // them within moments even on a slow (emulated) machine.
-    let src = b.src();
+    let (src, addr, request) = (env.src(), env.addr, env.upgrade(&bearer(WALL)));
     let mut socks: Vec<_> = (0..30)
         .map(|_| {
             let mut s = tcp_from(src, addr, None);
             s.set_read_timeout(Some(scaled(5000))).unwrap();
-            s.write_all(upgrade(&bearer(WALL)).as_bytes()).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
             s
         })
         .collect();
@@ -220,21 +195,24 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     // machine may refill a few in between).
     assert!(codes.iter().filter(|c| **c == 101).count() >= 10, "{codes:?}");
     assert!(codes.iter().all(|c| *c == 101 || *c == 429) && codes.contains(&429), "{codes:?}");
-    b.still_serving("connection rate from one address -> 429");
+}
 
-    // Slowloris: a head trickled byte by byte is cut at handshake-timeout-ms.
-    let mut s = tcp_from(b.src(), addr, None);
+/// Slowloris: a head trickled byte by byte is cut at handshake-timeout-ms.
+fn slowloris(env: &mut Env) {
+    let mut s = tcp_from(env.src(), env.addr, None);
+    // Short, so that each read between two bytes returns at once if nothing came.
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let started = Instant::now();
     let mut status = 0;
     // The request line at once (so the answer is 408, not a silent drop), then the headers byte by byte.
-    let head = upgrade(&bearer(WALL));
+    let head = env.upgrade(&bearer(WALL));
     let (line, headers) = head.split_at(head.find('\n').unwrap() + 1);
     s.write_all(line.as_bytes()).unwrap();
     for byte in headers.bytes() {
         if s.write_all(&[byte]).is_err() {
             break;
         }
+        // The trickle's pace is the attack itself, not a wait for an event.
         std::thread::sleep(Duration::from_millis(30));
         let mut b = [0u8; 64];
         if let Ok(n) = s.read(&mut b) {
@@ -244,20 +222,22 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     }
     assert_eq!(status, 408, "slowloris");
     assert!(started.elapsed() < scaled(3000), "cut after {:?}", started.elapsed());
-    b.still_serving("slowloris -> 408 at the handshake timeout");
+}
 
-    // Protocol violations (the same list as tests/bad_input.rs).
+/// Protocol violations (the same list as tests/bad_input.rs).
+fn protocol_violations_each(env: &mut Env) {
     for (name, frames, want) in protocol_violations(MAX_MESSAGE) {
-        let mut raw = b.ws(&bearer(WALL));
+        let mut raw = env.ws(&bearer(WALL));
         for f in &frames {
             raw.write_raw(f);
         }
         assert_eq!(raw.close_code(), want, "{name}");
     }
-    b.still_serving("every protocol violation (1002/1003/1007/1009)");
+}
 
-    // Bad filters: 400 each, the connection stays.
-    let mut raw = b.ws(&bearer(WALL));
+/// Bad filters: 400 each, the connection stays.
+fn bad_filters(env: &mut Env) {
+    let mut raw = env.ws(&bearer(WALL));
     for (i, f) in ["sensors/#/x", "", "sensors/\0/x", "sensors/+x", &"a".repeat(64 * 1024)].iter().enumerate() {
         raw.write_raw(&bin(&subscribe(i as u32 + 1, f)));
         assert_eq!(error_code(&mut raw), 400, "filter {:?}", &f[..f.len().min(20)]);
@@ -265,10 +245,11 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     // Empty levels are valid MQTT: within the token's scope, subscribed.
     raw.write_raw(&bin(&subscribe(9, "sensors//x")));
     assert!(matches!(answers(&mut raw)[0], ServerMsg::Synced { id: 9, .. }));
-    b.still_serving("bad filters -> Error 400");
+}
 
-    // Scopes: outside the token's filters 403; a Publish within reaches the broker.
-    let mut viewer = b.ws(&bearer(VIEWER));
+/// Scopes: outside the token's filters 403; a Publish within reaches the broker.
+fn scopes(env: &mut Env) {
+    let mut viewer = env.ws(&bearer(VIEWER));
     viewer.write_raw(&bin(&subscribe(1, "sensors/#")));
     assert_eq!(error_code(&mut viewer), 403, "subscribe wider than the token");
     viewer.write_raw(&bin(&subscribe(2, "cmd/#")));
@@ -277,7 +258,7 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
         |req, topic: &str| ClientMsg::Publish { req, topic: topic.into(), payload: b"1".to_vec(), retain: false };
     viewer.write_raw(&bin(&publish(3, "cmd/lamp")));
     assert_eq!(error_code(&mut viewer), 403, "a token without publish scopes");
-    let mut wall = b.ws(&bearer(WALL));
+    let mut wall = env.ws(&bearer(WALL));
     wall.write_raw(&bin(&subscribe(1, "cmd/#")));
     assert!(matches!(answers(&mut wall)[0], ServerMsg::Synced { id: 1, .. }));
     wall.write_raw(&bin(&publish(2, "sensors/room1/t")));
@@ -292,22 +273,23 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
         echoed = ServerMsg::decode_all(&body).unwrap().iter().any(|m| matches!(m, ServerMsg::Event { .. }));
     }
     assert!(echoed, "the Publish went through the broker (QoS 1) and came back");
-    b.still_serving("scopes -> Error 403, Publish within -> Ack");
+}
 
-    // 10,000 Subscribes in one write: the bucket (burst 100) closes it with 1008.
-    let mut raw = b.ws(&bearer(WALL));
+/// 10,000 Subscribes in one write: the bucket (burst 100) closes it with 1008.
+fn subscribe_flood(env: &mut Env) {
+    let mut raw = env.ws(&bearer(WALL));
     let mut burst = Vec::new();
     for i in 0..10_000u32 {
         burst.extend_from_slice(&bin(&subscribe(i + 1, "sensors/room1/t")));
     }
     raw.write_raw(&burst);
     assert_eq!(raw.close_code(), Some(1008), "10,000 Subscribes");
-    b.still_serving("10,000 Subscribes -> 1008");
+}
 
-    // A million tiny data frames, written while another thread reads: 1008.
-    // (A tenth of that under emulation, where the server runs ~10x slower.)
-    let million: usize = if time_scale() > 1.0 { 100_000 } else { 1_000_000 };
-    let raw = b.ws(&bearer(WALL));
+/// A million tiny data frames, written while another thread reads: 1008.
+fn tiny_frame_flood(env: &mut Env) {
+    let million = million();
+    let mut raw = env.ws(&bearer(WALL));
     let mut writer = raw.stream.try_clone().unwrap();
     let flood = std::thread::spawn(move || {
         let frame = bin(&ClientMsg::Ping { nonce: 1 });
@@ -318,19 +300,20 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
         }
         sent
     });
-    let mut raw = raw;
     assert_eq!(raw.close_code(), Some(1008), "a million tiny data frames");
     drop(raw);
     let sent = flood.join().unwrap();
     println!("  tiny data frames written before the close: {sent}");
-    b.still_serving("a million tiny data frames -> 1008");
+}
 
-    // A million ping control frames (no token each, per PROTOCOL.md), read
-    // back as they come: the connection stays and memory does not grow.
-    // (The server's own pings go unanswered while the writer floods: the
-    // heartbeat interval above is long so that an emulated run, where this
-    // takes half a minute, is not dropped as dead.)
-    let raw = b.ws(&bearer(WALL));
+/// A million ping control frames (no token each, per PROTOCOL.md), read
+/// back as they come: the connection stays and memory does not grow.
+/// (The server's own pings go unanswered while the writer floods: the
+/// heartbeat interval is long so that an emulated run, where this takes
+/// half a minute, is not dropped as dead.)
+fn ping_flood(env: &mut Env) {
+    let million = million();
+    let mut raw = env.ws(&bearer(WALL));
     let mut writer = raw.stream.try_clone().unwrap();
     let pings = std::thread::spawn(move || {
         let frame = encode_frame(true, OP_PING, b"", true);
@@ -340,7 +323,6 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
         }
         writer.write_all(&bin(&ClientMsg::Ping { nonce: 77 })).unwrap();
     });
-    let mut raw = raw;
     let (mut pongs, mut answered) = (0u64, false);
     while !answered {
         let (op, body) = raw.read_frame().expect("the connection stays open");
@@ -352,16 +334,18 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     }
     pings.join().unwrap();
     println!("  WebSocket pongs for {million} pings: {pongs}");
-    b.still_serving("a million ping frames: answered, connection kept");
+}
 
-    // A client that never reads, its window full: evicted with 1013 and its
-    // memory given back.
-    let mut stuck = RawWs::upgrade(tcp_from(b.src(), addr, Some(4096)), addr, &bearer(WALL));
+/// A client that never reads, its window full: evicted with 1013 and its
+/// memory given back.
+fn never_reads(env: &mut Env) {
+    let addr = env.addr;
+    let mut stuck = RawWs::upgrade(tcp_from(env.src(), addr, Some(4096)), addr, &bearer(WALL));
     stuck.write_raw(&bin(&subscribe(1, "sensors/#")));
     // Publish until it is evicted: the kernel's send buffer on loopback can
     // take megabytes before the outbox overflows (bounded: 30 MiB at most).
-    let mut p = Publisher::connect(broker.port);
-    let evicted = || metric(addr, "edgepush_evicted_total") == Some(1.0);
+    let mut p = Publisher::connect(env.broker_port);
+    let evicted = || metric(addr, "evicted_total") == 1;
     for batch in 0..60 {
         if evicted() {
             break;
@@ -382,13 +366,87 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
         frames += 1;
         assert!(frames < 100_000);
     }
-    b.still_serving("a client that never reads -> evicted (1013)");
+}
+
+#[test]
+fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiving() {
+    let broker = Broker::start();
+    let port = free_port();
+    let token = |name: &str, secret: &str, sub: &str, publish: &str| {
+        format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nsubscribe = {sub}\npublish = {publish}\n",
+            hex(&sha256(secret.as_bytes()))
+        )
+    };
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\n[limits]\nmax-message-bytes = {MAX_MESSAGE}\nhandshake-timeout-ms = 1000\n\
+         slow-client-timeout-ms = 1000\noutbox-messages = 64\nmessages-per-second = 50\nburst = 100\n\
+         connections-per-second-per-ip = 10\n[heartbeat]\ninterval-ms = 300000\n[mqtt]\nport = {}\nreconnect-min-ms = 50\nreconnect-max-ms = 200\n{}{}",
+        broker.port,
+        token("wall", WALL, "[\"sensors/#\", \"cmd/#\"]", "[\"cmd/#\"]"),
+        token("viewer", VIEWER, "[\"sensors/room1/#\"]", "[]"),
+    );
+    let addr = loopback(port);
+    let server = Daemon::run(&write_config(&scratch_dir("hostile"), &text), addr);
+    wait_linked(addr, 10_000);
+
+    // The steady stream, and the good client (its token in the query, as the dashboard sends it).
+    // The good client stops first (it wakes on the next event), then the publisher.
+    let (stop, stop_good) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let publisher = {
+        let (stop, port) = (stop.clone(), broker.port);
+        std::thread::spawn(move || {
+            let mut p = Publisher::connect(port);
+            let mut n = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !stop.load(Relaxed) && Instant::now() < deadline {
+                p.publish("sensors/room1/t", format!("{n}"));
+                n += 1;
+                // The stream's pace (50 events/s), not a wait for anything.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let good = {
+        let (stop, received) = (stop_good.clone(), received.clone());
+        let url = with_token(&format!("ws://{addr}/ws"), VIEWER);
+        std::thread::spawn(move || {
+            smol::block_on(async {
+                let mut c = timeout(10_000, "the good client's connect", Client::connect(&url))
+                    .await
+                    .expect("the good client connects");
+                subscribe_synced(&mut c, 1, &["sensors/room1/#"], None).await;
+                while !stop.load(Relaxed) {
+                    // Events come every 20 ms: a long silence is a failure, not a hang.
+                    match timeout(30_000, "an event for the good client", c.next()).await {
+                        Ok(ServerMsg::Event { .. }) => {
+                            received.fetch_add(1, Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("the good client lost its connection: {e}"),
+                    }
+                }
+            })
+        })
+    };
+    wait_until(10_000, "the good client's first events", || received.load(Relaxed) >= 5);
+    let pid = server.child.id();
+    let mut env = Env { addr, broker_port: broker.port, pid, received, baseline_kib: rss_kib(pid), next_src: 0 };
+
+    for case in CASES {
+        (case.attack)(&mut env);
+        env.still_serving(case.name);
+    }
 
     stop_good.store(true, Relaxed);
     good.join().expect("the good client never lost its connection");
     stop.store(true, Relaxed);
     publisher.join().unwrap();
-    let m = get(addr, "/metrics").1;
+    // Totals over the table: the credentials case refuses three tokens and
+    // one Origin, the connection-rate case some (at least one) by rate, and
+    // the two floods are closed for their message rate.
+    let m = metrics_text(addr);
     for line in [
         "edgepush_refused_total{reason=\"unauthorized\"} 3",
         "edgepush_refused_total{reason=\"origin\"} 1",
@@ -397,12 +455,6 @@ fn hostile_peers_get_their_status_or_close_code_and_the_good_client_keeps_receiv
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
-}
-
-/// A counter from /metrics.
-fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let (_, body) = get(addr, "/metrics");
-    body.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }
 
 #[test]

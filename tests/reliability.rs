@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use edgepush_client::{Backoff, Client, Fate, Follower, Update};
 use edgepush_protocol::rng::Rng;
-use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
+use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode};
 use smol::future::FutureExt as _;
 
 fn quick_backoff() -> Backoff {
@@ -75,21 +75,8 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
     // A small history so that long outages outlive it (Snapshot) and short ones do not (Replay).
     let server = Server::start_linked(&config(broker.port, "[limits]\nhistory = 150\n"));
     let url = server.url();
-    let ex = Arc::new(smol::Executor::new());
-    let stop_ex = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
-            let ex = ex.clone();
-            let stop = stop_ex.clone();
-            std::thread::spawn(move || {
-                smol::block_on(ex.run(async {
-                    while !stop.load(Relaxed) {
-                        smol::Timer::after(Duration::from_millis(20)).await;
-                    }
-                }))
-            })
-        })
-        .collect();
+    let pool = Pool::new(2);
+    let ex = &pool.ex;
 
     let churning = Arc::new(AtomicBool::new(true));
     let target = Arc::new(AtomicU64::new(0));
@@ -130,7 +117,8 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
             publisher.publish(&topic, k.to_string());
             log.push((topic, k));
             // Paced in the test's time scale, so that emulated runs see the
-            // same history span relative to their reconnect times.
+            // same history span relative to their reconnect times (the pace
+            // is the subject, not a wait for anything).
             std::thread::sleep(scaled(3));
         }
         publisher.flush();
@@ -139,23 +127,22 @@ fn no_silent_loss_while_clients_churn_and_the_broker_restarts_twice() {
         if phase < 2 {
             broker.stop();
             server.wait_broker(false);
+            // The outage's length, deliberately: the churning clients live through it.
             std::thread::sleep(Duration::from_millis(200));
             broker.restart();
             server.wait_broker(true);
             publisher = Publisher::connect(broker.port);
         }
     }
-    // Let the churn run a little past the last event, then settle.
+    // Let the churn run a little past the last event, then settle (a
+    // deliberate stretch of churn with no new events, not a wait for one).
     std::thread::sleep(scaled(500));
     target.store(log.len() as u64, Relaxed);
     churning.store(false, Relaxed);
     let reference = block_on_timeout(30_000, "the reference to catch up", reference);
     let flaky: Vec<Follower> =
         block_on_timeout(60_000, "every flaky client to catch up", async { futures_all(flaky).await });
-    stop_ex.store(true, Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    pool.finish();
 
     // The reference saw the publisher's log exactly: every event once, seqs 1..=N in order.
     let epoch = reference.resume_point().unwrap().epoch;
@@ -202,13 +189,6 @@ async fn futures_all<T>(tasks: Vec<smol::Task<T>>) -> Vec<T> {
     out
 }
 
-fn number(m: &ServerMsg) -> Option<f64> {
-    match m {
-        ServerMsg::Event { value: Value::Number(n), .. } => Some(*n),
-        _ => None,
-    }
-}
-
 #[test]
 fn two_instances_on_one_broker_each_see_every_event_and_publishes_cross_over() {
     let broker = Broker::start();
@@ -244,9 +224,9 @@ fn two_instances_on_one_broker_each_see_every_event_and_publishes_cross_over() {
         // A client moving from A to B: its resume names A's epoch, so B answers
         // with a Snapshot (the latest of every topic), never a wrong Replay.
         let from_a = on_a.resume_point();
-        let mut moved = Client::connect(&b.url()).await.unwrap();
-        moved.subscribe(1, &["#"], Some(Resume { epoch: from_a.epoch, last_seq: from_a.last_seq })).await.unwrap();
-        let answer = until(&mut moved, 5000, |m| matches!(m, ServerMsg::Synced { .. })).await;
+        let mut moved = timeout(5000, "connect", Client::connect(&b.url())).await.unwrap();
+        let resume = Resume { epoch: from_a.epoch, last_seq: from_a.last_seq };
+        let answer = subscribe_synced(&mut moved, 1, &["#"], Some(resume)).await;
         assert!(
             matches!(answer.last(), Some(ServerMsg::Synced { mode: SyncMode::Snapshot, .. })),
             "{:?}",
@@ -256,19 +236,6 @@ fn two_instances_on_one_broker_each_see_every_event_and_publishes_cross_over() {
     });
 }
 
-/// The binary with `config` (plus a free listen port); returns it and its address.
-fn run_binary(config: &str) -> (Daemon, SocketAddr) {
-    let port = free_port();
-    let path = scratch_dir("broker-cases").join("edgepush.toml");
-    std::fs::write(&path, common::open_auth(&format!("listen = \"127.0.0.1:{port}\"\n{config}"))).unwrap();
-    let mut cmd = edgepush_command();
-    cmd.args(["run", "--config"]).arg(&path);
-    let d = Daemon::spawn(cmd);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(10_000, "the server to listen", || std::net::TcpStream::connect(addr).is_ok());
-    (d, addr)
-}
-
 fn mqtt_section(port: u16, extra: &str) -> String {
     format!("[mqtt]\nport = {port}\nreconnect-min-ms = 50\nreconnect-max-ms = 300\n{extra}\n")
 }
@@ -276,10 +243,6 @@ fn mqtt_section(port: u16, extra: &str) -> String {
 /// Reads until a Broker notice with `up`.
 async fn broker_notice(c: &mut Client, up: bool) {
     until(c, 15_000, |m| matches!(m, ServerMsg::Broker { up: u } if *u == up)).await;
-}
-
-fn healthz(addr: SocketAddr) -> u16 {
-    get(addr, "/healthz").0
 }
 
 #[test]

@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,127 +25,35 @@ fn clients() -> usize {
 }
 
 /// Room for the clients' sockets and the server's (which inherits the limit).
-fn raise_nofile() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: get/setrlimit with a valid struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-    }
-    let need = (clients() * 2 + 200) as u64;
-    // rlim_t is 32 bits on armv7.
-    #[allow(clippy::unnecessary_cast)]
-    let have = r.rlim_cur as u64;
-    assert!(have >= need, "RLIMIT_NOFILE {} is below the {need} this test needs", r.rlim_cur);
+fn nofile_needed() -> u64 {
+    (clients() * 2 + 200) as u64
 }
 
-fn write_config(dir: &Path, port: u16, broker: u16, extra: &str) -> PathBuf {
+/// The config text: caps with room for every client, the broker on `broker`.
+fn scale_config(port: u16, broker: u16, extra: &str) -> String {
     let n = clients() + 200;
-    let path = dir.join("edgepush.toml");
-    let text = format!(
+    format!(
         "listen = \"127.0.0.1:{port}\"\n[limits]\nmax-connections = {n}\nmax-connections-per-ip = {n}\nconnections-per-second-per-ip = 1000000\n{extra}\n\
          [mqtt]\nport = {broker}\nreconnect-min-ms = 50\nreconnect-max-ms = 300\n"
-    );
-    std::fs::write(&path, common::open_auth(&text)).unwrap();
-    path
-}
-
-fn start_server(config: &Path, addr: SocketAddr) -> Daemon {
-    let mut cmd = edgepush_command();
-    cmd.args(["run", "--config"]).arg(config);
-    let d = Daemon::spawn(cmd);
-    wait_until(20_000, "the server to listen", || std::net::TcpStream::connect(addr).is_ok());
-    d
-}
-
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let (_, text) = get(addr, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("edgepush_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
-fn refused_total(addr: SocketAddr) -> u64 {
-    let (_, text) = get(addr, "/metrics");
-    text.lines()
-        .filter(|l| l.starts_with("edgepush_refused_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    edgepush::internals::rss_kib(pid).expect("VmRSS")
+    )
 }
 
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
-/// The accept queue of the IPv4 listener on `port` (rx_queue of its LISTEN row).
-fn accept_backlog(port: u16) -> u64 {
-    let want = format!(":{port:04X}");
-    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            let listening = cols.get(3) == Some(&"0A") && cols.get(1).is_some_and(|a| a.ends_with(&want));
-            let queues = cols.get(4)?;
-            listening.then(|| u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()).flatten()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// A multi-threaded executor for the clients.
-struct Pool {
-    ex: Arc<smol::Executor<'static>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Pool {
-    fn new(threads: usize) -> Pool {
-        let ex = Arc::new(smol::Executor::new());
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..threads)
-            .map(|_| {
-                let (ex, stop) = (ex.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    smol::block_on(ex.run(async {
-                        while !stop.load(Relaxed) {
-                            smol::Timer::after(Duration::from_millis(20)).await;
-                        }
-                    }))
-                })
-            })
-            .collect();
-        Pool { ex, stop, threads }
-    }
-
-    fn finish(self) {
-        self.stop.store(true, Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-    }
-}
-
 #[test]
 fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
-    raise_nofile();
+    raise_nofile(nofile_needed());
     let n = clients();
     let broker = Broker::start();
     let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let dir = scratch_dir("storm");
-    let cfg_path = write_config(&dir, port, broker.port, "");
+    let addr = loopback(port);
+    let cfg_path = write_config(&scratch_dir("storm"), &scale_config(port, broker.port, ""));
     let cfg = edgepush::internals::Config::load(&cfg_path, None).unwrap();
     let (board, _) = edgepush::internals::board_profile(&cfg.board).unwrap();
     let bound_kib = board.worst_case_bytes(&cfg.limits) / 1024;
-    let mut server = start_server(&cfg_path, addr);
+    let mut server = Daemon::run(&cfg_path, addr);
     // Under qemu-user the RSS is the emulator's too (its translation cache
     // alone is tens of MiB): there the bound applies to the growth from idle.
     let emulated = std::env::var("EDGEPUSH_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
@@ -207,6 +114,7 @@ fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
                         peak_rss.fetch_max(r, Relaxed);
                     }
                 }
+                // The sampling period (not a wait for an event).
                 std::thread::sleep(Duration::from_millis(2));
             }
         })
@@ -215,7 +123,7 @@ fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
     let restart_at = Instant::now();
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(20_000).success());
-    let server = start_server(&cfg_path, addr);
+    let server = Daemon::run(&cfg_path, addr);
     pid_now.store(u64::from(server.child.id()), Relaxed);
     let listening_at = Instant::now();
     let mut new_epoch = 0;
@@ -228,7 +136,7 @@ fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
     sampling.store(false, Relaxed);
     sampler.join().unwrap();
     let peak_conns = metric(addr, "connections_peak");
-    let refused = refused_total(addr);
+    let refused = metric_sum(addr, "refused_total");
     let rss_peak = peak_rss.load(Relaxed).max(rss_kib(server.child.id()));
     println!(
         "storm: {n} clients re-synced {resynced:?} after the restart began ({since_listening:?} after the new server \
@@ -325,6 +233,7 @@ fn crowd(addr: SocketAddr, pid: u32, n: usize, secs: u64, broker: &mut Broker) -
     let (mut rss_peak, mut restarts) = (0, 0);
     let mut next_restart = started + Duration::from_secs(30);
     while started.elapsed() < Duration::from_secs(secs) {
+        // The soak's own clock: it runs for `secs`, sampling once a second.
         std::thread::sleep(Duration::from_secs(1));
         rss_peak = rss_peak.max(rss_kib(pid));
         if Instant::now() >= next_restart && started.elapsed() + Duration::from_secs(5) < Duration::from_secs(secs) {
@@ -358,24 +267,22 @@ const WARM_UP_SECS: u64 = 40;
 /// Waits (up to 25 s: the server trims every 10 s) for the RSS to come within
 /// 10% of `target`, and returns it.
 fn settled_rss(pid: u32, target: u64) -> u64 {
-    let until = Instant::now() + scaled(25_000);
-    while rss_kib(pid) * 100 > target * 110 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // Not settling in time is for the caller's assertion to report.
+    poll_until(25_000, || rss_kib(pid) * 100 <= target * 110);
     rss_kib(pid)
 }
 
 #[test]
 fn soak_with_churn_slow_clients_and_broker_restarts_returns_memory_and_descriptors() {
-    raise_nofile();
+    raise_nofile(nofile_needed());
     let n = clients();
     let secs: u64 = std::env::var("EDGEPUSH_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
     let mut broker = Broker::start();
     let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let dir = scratch_dir("soak");
-    let cfg_path = write_config(&dir, port, broker.port, "history = 1000\nslow-client-timeout-ms = 2000\n");
-    let server = start_server(&cfg_path, addr);
+    let addr = loopback(port);
+    let extra = "history = 1000\nslow-client-timeout-ms = 2000\n";
+    let cfg_path = write_config(&scratch_dir("soak"), &scale_config(port, broker.port, extra));
+    let server = Daemon::run(&cfg_path, addr);
     let pid = server.child.id();
 
     // A steady 100 events/s on the followers' topics, plus bulk outside
@@ -394,12 +301,15 @@ fn soak_with_churn_slow_clients_and_broker_restarts_returns_memory_and_descripto
                 p.publish(&format!("soak/{}", k % 20), k.to_string());
                 p.publish("bulk/x", "x".repeat(4000));
                 k += 1;
+                // The rate is the subject: a steady 100 events/s.
                 std::thread::sleep(Duration::from_millis(10));
             }
             k
         })
     };
     wait_until(60_000, "the history ring to fill", || metric(addr, "events_in_total") >= 3000);
+    // A quiet second before the cold baseline, deliberately: RSS and the
+    // sockets of the /metrics polls above settle with no event to mark it.
     std::thread::sleep(Duration::from_secs(1));
     let (rss_cold, fds_before) = (rss_kib(pid), fd_count(pid));
 
@@ -415,10 +325,7 @@ fn soak_with_churn_slow_clients_and_broker_restarts_returns_memory_and_descripto
     let returned_after = left_at.elapsed();
     // A closing connection's socket outlives its count by a moment (longer
     // under emulation); a leaked one stays.
-    let until = Instant::now() + scaled(5000);
-    while fd_count(pid) > fds_before && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(5000, || fd_count(pid) <= fds_before);
     let fds_after = fd_count(pid);
     let (accepted, evicted) = (metric(addr, "connections_accepted_total"), metric(addr, "evicted_total"));
     let lagged = metric(addr, "lagged_total");

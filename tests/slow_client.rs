@@ -31,7 +31,8 @@ fn a_client_that_never_reads_is_evicted_while_a_fast_one_gets_everything() {
         let mut p = Publisher::connect(port);
         for i in 0..total {
             p.publish(&format!("big/{}", i % 4), vec![b'a' + (i % 10) as u8; PAYLOAD]);
-            // Paced, so the fast client keeps up even in a debug build.
+            // Paced, so the fast client keeps up even in a debug build (a
+            // publishing rate, not a wait for anything).
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         p.flush();
@@ -72,9 +73,8 @@ fn a_client_that_pauses_gets_lagged_then_the_latest_of_each_topic() {
     let total = 600u64;
     let topics = 3u64;
     block_on_timeout(90_000, "pause and resume", async {
-        let mut c = small_buffer_client(server.addr).await;
-        c.subscribe(1, &["#"], None).await.unwrap();
-        until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { .. })).await;
+        let mut c = timeout(5000, "connect", small_buffer_client(server.addr)).await;
+        subscribe_synced(&mut c, 1, &["#"], None).await;
         // Not reading now: publish everything and wait until the server has it all.
         let mut p = Publisher::connect(broker.port);
         for i in 0..total {
@@ -82,12 +82,7 @@ fn a_client_that_pauses_gets_lagged_then_the_latest_of_each_topic() {
         }
         p.flush();
         let m = server.metrics();
-        timeout(30_000, "events in", async {
-            while m.events_in.load(Relaxed) < total {
-                smol::Timer::after(std::time::Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        wait_until_async(30_000, "events in", || m.events_in.load(Relaxed) >= total).await;
         assert!(m.lagged.load(Relaxed) >= 1, "the outbox must have overflowed");
         // Resume reading: every event is received or counted as skipped.
         let mut received = 0u64;

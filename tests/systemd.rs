@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edgepush_client::{Client, ClientError};
-use edgepush_protocol::{ServerMsg, Value};
 
 /// The datagram socket systemd would listen on.
 struct NotifySocket {
@@ -69,25 +68,15 @@ impl NotifySocket {
     }
 }
 
-fn write_config(path: &std::path::Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-}
-
+/// Config text listening on `port`, the broker on `broker`, `extra` on top.
 fn client_config(port: u16, broker: u16, extra: &str) -> String {
-    common::open_auth(&format!(
+    format!(
         "listen = \"127.0.0.1:{port}\"\n{extra}\n[mqtt]\nport = {broker}\nreconnect-min-ms = 50\nreconnect-max-ms = 200\n"
-    ))
+    )
 }
 
 async fn connect(url: &str) -> Result<Client, ClientError> {
     timeout(10_000, "connect", Client::connect(url)).await
-}
-
-fn number(m: &ServerMsg) -> Option<f64> {
-    match m {
-        ServerMsg::Event { value: Value::Number(n), .. } => Some(*n),
-        _ => None,
-    }
 }
 
 #[test]
@@ -95,11 +84,10 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
     let broker = Broker::start();
     let notify = NotifySocket::bind();
     let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = loopback(port);
     let dir = scratch_dir("reload");
-    let cfg_path = dir.join("edgepush.toml");
-    write_config(
-        &cfg_path,
+    let cfg_path = write_config(
+        &dir,
         &client_config(port, broker.port, "[limits]\nmax-connections = 2\nmax-connections-per-ip = 2\n"),
     );
 
@@ -130,7 +118,7 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
 
     // Reload with a higher cap and a smaller history: applied, nobody dropped.
     write_config(
-        &cfg_path,
+        &dir,
         &client_config(port, broker.port, "[limits]\nmax-connections = 4\nhistory = 16\nmax-connections-per-ip = 4\n"),
     );
     d.signal(libc::SIGHUP);
@@ -149,7 +137,7 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
     assert_eq!(c.hello().version, 1);
 
     // A bad config is refused with the key named; the old one stays in force.
-    write_config(&cfg_path, &client_config(port, broker.port, "[limits]\nmax-connections = 0\nbogus = 1\n"));
+    write_config(&dir, &client_config(port, broker.port, "[limits]\nmax-connections = 0\nbogus = 1\n"));
     d.signal(libc::SIGHUP);
     notify.expect("RELOADING=1", 10_000);
     notify.expect("READY=1", 10_000);
@@ -165,7 +153,7 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
     // A change that needs a restart is said to, and the rest applies.
     let other = free_port();
     write_config(
-        &cfg_path,
+        &dir,
         &client_config(other, broker.port, "[limits]\nmax-connections = 5\nmax-connections-per-ip = 5\n"),
     );
     d.signal(libc::SIGHUP);
@@ -196,9 +184,8 @@ fn watchdog_pings_stop_when_the_hub_wedges_while_the_rest_still_answers() {
     let broker = Broker::start();
     let notify = NotifySocket::bind();
     let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let cfg_path = scratch_dir("wedge").join("edgepush.toml");
-    write_config(&cfg_path, &client_config(port, broker.port, ""));
+    let addr = loopback(port);
+    let cfg_path = write_config(&scratch_dir("wedge"), &client_config(port, broker.port, ""));
     let watchdog = scaled(300);
     let mut cmd = edgepush_command();
     cmd.args(["run", "--config"])
@@ -225,8 +212,7 @@ fn watchdog_pings_stop_when_the_hub_wedges_while_the_rest_still_answers() {
 fn watchdog_meant_for_another_process_is_ignored() {
     let broker = Broker::start();
     let notify = NotifySocket::bind();
-    let cfg_path = scratch_dir("wdpid").join("edgepush.toml");
-    write_config(&cfg_path, &client_config(free_port(), broker.port, ""));
+    let cfg_path = write_config(&scratch_dir("wdpid"), &client_config(free_port(), broker.port, ""));
     let mut cmd = edgepush_command();
     cmd.args(["run", "--config"])
         .arg(&cfg_path)
@@ -280,12 +266,11 @@ fn socket_activation_serves_the_passed_listener_and_a_restart_refuses_nobody() {
     let url = format!("ws://{addr}/ws");
     // `listen` names another port: with a socket passed, it must not be bound.
     let unused = free_port();
-    let cfg_path = scratch_dir("activation").join("edgepush.toml");
-    write_config(&cfg_path, &client_config(unused, broker.port, ""));
+    let cfg_path = write_config(&scratch_dir("activation"), &client_config(unused, broker.port, ""));
 
     // A dashboard connecting before the server runs waits in the backlog.
     let early = hello_later(url.clone());
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(10_000, "the early client in the accept queue", || accept_backlog(addr.port()) == 1);
     let mut first = activated(&listener, &cfg_path);
     let epoch1 = early.join().unwrap().expect("the early client is served");
     first.wait_log("socket activation: serving", 5_000);
@@ -295,7 +280,7 @@ fn socket_activation_serves_the_passed_listener_and_a_restart_refuses_nobody() {
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(10_000).success());
     let during = hello_later(url.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(10_000, "the reconnect in the accept queue", || accept_backlog(addr.port()) == 1);
     let _second = activated(&listener, &cfg_path);
     let epoch2 = during.join().unwrap().expect("the reconnect during the restart is served");
     assert_ne!(epoch1, epoch2, "served by the new process");
@@ -306,31 +291,29 @@ fn reload_swaps_tokens_and_origins_without_dropping_connected_clients_and_never_
     use edgepush_client::{with_token, ConnectOptions};
     let broker = Broker::start();
     let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = loopback(port);
     let (old, new) = ("old-token-1f0e3dad99908345", "new-token-f4d3c2b1a0998877");
     let token = |name: &str, secret: &str| {
         let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
         format!("[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n")
     };
-    let cfg_path = scratch_dir("reload-auth").join("edgepush.toml");
+    let dir = scratch_dir("reload-auth");
     let text = |auth: &str| {
         format!(
             "listen = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n[mqtt]\nport = {}\nreconnect-min-ms = 50\n{auth}",
             broker.port
         )
     };
-    write_config(&cfg_path, &text(&token("screen", old)));
-    let mut cmd = edgepush_command();
-    cmd.args(["run", "--config"]).arg(&cfg_path);
-    let d = Daemon::spawn(cmd);
-    wait_until(10_000, "the server linked", || TcpStream::connect(addr).is_ok() && get(addr, "/healthz").0 == 200);
+    let cfg_path = write_config(&dir, &text(&token("screen", old)));
+    let d = Daemon::run(&cfg_path, addr);
+    wait_linked(addr, 10_000);
     let url = format!("ws://{addr}/ws");
     let (mut kept, _) =
         block_on_timeout(10_000, "a client with the old token", subscribed(&with_token(&url, old), &["#"]));
 
     // The old token out, a new one in, and an explicit origin list.
     let auth = format!("[auth]\nallowed-origins = [\"http://dash.lan:9000\"]\n{}", token("screen", new));
-    write_config(&cfg_path, &text(&auth));
+    write_config(&dir, &text(&auth));
     d.signal(libc::SIGHUP);
     d.wait_log("reload: config applied", 10_000);
     let mut publisher = Publisher::connect(broker.port);

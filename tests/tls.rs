@@ -36,11 +36,11 @@ fn connector(trusted: CertificateDer<'static>) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-/// The ServerMsg values of the next binary message.
+/// The ServerMsg values of the next binary message, failing the test after 5 s.
 async fn next<S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin>(
     ws: &mut async_tungstenite::WebSocketStream<S>,
 ) -> Vec<ServerMsg> {
-    match ws.next().await {
+    match timeout(5000, "a wss message", ws.next()).await {
         Some(Ok(Message::Binary(b))) => ServerMsg::decode_all(&b).unwrap(),
         other => panic!("expected a binary message, got {other:?}"),
     }
@@ -62,7 +62,7 @@ fn https_and_wss_share_the_listener_and_plain_http_gets_nothing() {
             let mut s = tls.connect(name.clone(), tcp).await.expect("TLS handshake");
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
             let mut body = Vec::new();
-            let _ = s.read_to_end(&mut body).await;
+            let _ = timeout(5000, "the HTTPS answer", s.read_to_end(&mut body)).await;
             let text = String::from_utf8_lossy(&body);
             assert!(text.starts_with("HTTP/1.1 200 ") && text.contains(want), "{path}: {text}");
         }
@@ -92,7 +92,7 @@ fn https_and_wss_share_the_listener_and_plain_http_gets_nothing() {
         let mut plain = Async::<std::net::TcpStream>::connect(addr).await.unwrap();
         plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
         let mut answer = Vec::new();
-        let _ = plain.read_to_end(&mut answer).await;
+        let _ = timeout(5000, "the plain request's end", plain.read_to_end(&mut answer)).await;
         assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"), "{answer:?}");
     });
     let m = server.metrics();
@@ -139,7 +139,6 @@ fn bad_tls_files_are_config_errors_naming_the_path() {
 
 #[test]
 fn watch_follows_a_wss_server_with_a_token_trusting_its_certificate() {
-    use std::io::BufRead;
     let broker = Broker::start();
     let dir = scratch_dir("tls-watch");
     let (section, _) = certificate(&dir);
@@ -157,24 +156,17 @@ fn watch_follows_a_wss_server_with_a_token_trusting_its_certificate() {
         cmd
     };
     // Not trusting anything, a wrong token: clear failures.
-    let out = watch(None, secret).output().unwrap();
+    let out = output_within(&mut watch(None, secret), b"", 10_000);
     assert!(String::from_utf8_lossy(&out.stderr).contains("EDGEPUSH_CA"), "{out:?}");
-    let out = watch(Some(&dir.join("cert.pem")), "wrong").output().unwrap();
+    let out = output_within(&mut watch(Some(&dir.join("cert.pem")), "wrong"), b"", 10_000);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
     // Trusting the server's certificate, with the token: events.
     let mut p = Publisher::connect(broker.port);
     p.publish("w/t", "21.5");
     p.flush();
-    let mut child = watch(Some(&dir.join("cert.pem")), secret)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "w/t 1 21.5");
+    let w = Daemon::spawn(watch(Some(&dir.join("cert.pem")), secret));
+    assert_eq!(w.out.next(10_000), "w/t 1 21.5");
     p.publish("w/door", "open");
-    assert_eq!(lines.next().unwrap().unwrap(), "w/door 2 \"open\"");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(w.out.next(5000), "w/door 2 \"open\"");
 }

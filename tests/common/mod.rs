@@ -9,15 +9,15 @@ use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgepush::internals::Config;
 use edgepush::internals::{self as server, Running};
 use edgepush_client::{Client, ClientError};
-use edgepush_protocol::ServerMsg;
+use edgepush_protocol::{Resume, ServerMsg, Value};
 
 /// How much slower than native this run is (QEMU sets it above 1).
 pub fn time_scale() -> f64 {
@@ -53,13 +53,35 @@ pub async fn timeout<T>(limit_ms: u64, what: &str, f: impl Future<Output = T>) -
     .unwrap_or_else(|| panic!("timed out after {limit:?}: {what}"))
 }
 
-/// Polls `cond` until true or the deadline (scaled).
-pub fn wait_until(limit_ms: u64, what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every 10 ms until it holds or `limit_ms` (scaled) passes;
+/// returns whether it held. For waits whose running out is not a failure.
+pub fn poll_until(limit_ms: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + scaled(limit_ms);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {:?}: {what}", scaled(limit_ms));
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Polls `cond` until true, failing the test after `limit_ms` (scaled).
+pub fn wait_until(limit_ms: u64, what: &str, cond: impl FnMut() -> bool) {
+    assert!(poll_until(limit_ms, cond), "timed out after {:?}: {what}", scaled(limit_ms));
+}
+
+/// `wait_until` for async code: polls `cond` every 10 ms without blocking
+/// the executor, failing the test after `limit_ms` (scaled).
+pub async fn wait_until_async(limit_ms: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    timeout(limit_ms, what, async {
+        while !cond() {
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+    })
+    .await
 }
 
 /// The `edgepush` binary: cargo names it to the server's own tests; the
@@ -90,8 +112,14 @@ pub fn edgepush_command() -> Command {
     }
 }
 
+/// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// 127.0.0.1:`port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
@@ -124,10 +152,12 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker on a free port.
     pub fn start() -> Broker {
         Broker::start_on(free_port())
     }
 
+    /// A broker on `port` (one a test chose, to start the server first).
     pub fn start_on(port: u16) -> Broker {
         Broker::start_with(port, "")
     }
@@ -206,6 +236,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Connects to the broker on `port`; publishes are queued at once.
     pub fn connect(port: u16) -> Publisher {
         static ID: AtomicU64 = AtomicU64::new(0);
         let id = format!("test-pub-{}-{}", std::process::id(), ID.fetch_add(1, Ordering::Relaxed));
@@ -229,10 +260,12 @@ impl Publisher {
         Publisher { client, acked, sent: 0 }
     }
 
+    /// Publishes (QoS 1, not retained); `flush` waits for the broker's ack.
     pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.publish_with(topic, payload, false);
     }
 
+    /// Publishes (QoS 1), retained if `retain`.
     pub fn publish_with(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
         self.client.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.into()).unwrap();
         self.sent += 1;
@@ -262,7 +295,9 @@ pub fn open_auth(text: &str) -> String {
 /// unlimited unless `extra` says otherwise: every test client comes from 127.0.0.1.
 pub fn config(broker_port: u16, extra: &str) -> Config {
     let text = open_auth(&format!("listen = \"127.0.0.1:0\"\n{extra}\n"));
-    let mut cfg = Config::from_toml(&text, "test", None).unwrap_or_else(|e| panic!("{e}"));
+    // `read_files`: the `[tls]` files, which `from_toml` leaves unread.
+    let mut cfg =
+        Config::from_toml(&text, "test", None).and_then(|c| c.read_files("test")).unwrap_or_else(|e| panic!("{e}"));
     if !extra.contains("connections-per-second-per-ip") {
         cfg.limits.connections_per_second_per_ip = 1_000_000;
     }
@@ -273,6 +308,23 @@ pub fn config(broker_port: u16, extra: &str) -> Config {
     cfg
 }
 
+/// Writes `text` (with `open_auth` applied) as `dir/edgepush.toml` and
+/// returns that path; writing it again replaces it, as an operator would.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("edgepush.toml");
+    std::fs::write(&path, open_auth(text)).unwrap();
+    path
+}
+
+/// The binary running `config` (plus `listen` on a free loopback port) from
+/// a fresh scratch directory, once it listens; returns it and its address.
+pub fn run_binary(config: &str) -> (Daemon, SocketAddr) {
+    let port = free_port();
+    let path = write_config(&scratch_dir("edgepush"), &format!("listen = \"127.0.0.1:{port}\"\n{config}"));
+    let addr = loopback(port);
+    (Daemon::run(&path, addr), addr)
+}
+
 /// The server, in this process, on a free port.
 pub struct Server {
     pub running: Option<Running>,
@@ -280,6 +332,7 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts it with `cfg` (as `config` makes it: listening on a free port).
     pub fn start(cfg: &Config) -> Server {
         let running = server::start(cfg, 2).expect("server starts");
         let addr = running.local_addr();
@@ -293,19 +346,23 @@ impl Server {
         s
     }
 
+    /// Its WebSocket URL.
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// Waits until its broker link is `up` (or down).
     pub fn wait_broker(&self, up: bool) {
         let m = self.running.as_ref().unwrap().metrics().clone();
         wait_until(10_000, "the broker link", || m.broker_up.load(Ordering::Relaxed) == up);
     }
 
+    /// Its counters, read directly.
     pub fn metrics(&self) -> &edgepush::internals::Metrics {
         self.running.as_ref().unwrap().metrics()
     }
 
+    /// Shuts it down as SIGTERM would (clients get 1001).
     pub fn shutdown(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown();
@@ -331,8 +388,53 @@ pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, text)
 }
 
+/// A GET of `path`: the status and the whole answer.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+}
+
+/// The status of /healthz: 200 while the broker link is up, 503 while not.
+pub fn healthz(addr: SocketAddr) -> u16 {
+    get(addr, "/healthz").0
+}
+
+/// Waits until the server at `addr` listens and its /healthz answers 200
+/// (the broker link is up), failing the test after `limit_ms` (scaled).
+pub fn wait_linked(addr: SocketAddr, limit_ms: u64) {
+    wait_until(limit_ms, "the server linked to the broker", || {
+        TcpStream::connect(addr).is_ok() && healthz(addr) == 200
+    });
+}
+
+/// The /metrics page of the server at `addr` (Prometheus text).
+pub fn metrics_text(addr: SocketAddr) -> String {
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// The value of one series in Prometheus text: `series` is its full name with
+/// any labels, as written (`edgepush_refused_total{reason="rate"}`).
+pub fn metric_in(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// One series from the server's /metrics, named without the `edgepush_`
+/// prefix (labels included if it has any); fails the test if it is missing.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = metrics_text(addr);
+    metric_in(&text, &format!("edgepush_{name}")).unwrap_or_else(|| panic!("no metric edgepush_{name} in\n{text}"))
+}
+
+/// The sum over every label of a labelled family from /metrics
+/// (`refused_total`: refusals for any reason).
+pub fn metric_sum(addr: SocketAddr, family: &str) -> u64 {
+    let prefix = format!("edgepush_{family}{{");
+    metrics_text(addr)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A WebSocket upgrade request for /ws.
@@ -363,12 +465,26 @@ pub async fn until(c: &mut Client, limit_ms: u64, mut pred: impl FnMut(&ServerMs
     .await
 }
 
+/// Sends a Subscribe and reads its whole answer: the messages up to and
+/// including its Synced (every read under a deadline).
+pub async fn subscribe_synced(c: &mut Client, id: u32, filters: &[&str], resume: Option<Resume>) -> Vec<ServerMsg> {
+    timeout(5000, "send a Subscribe", c.subscribe(id, filters, resume)).await.unwrap();
+    until(c, 5000, |m| matches!(m, ServerMsg::Synced { id: i, .. } if *i == id)).await
+}
+
 /// Connects and subscribes, returning the client after its Synced.
 pub async fn subscribed(url: &str, filters: &[&str]) -> (Client, Vec<ServerMsg>) {
     let mut c = timeout(5000, "connect", Client::connect(url)).await.expect("connect");
-    c.subscribe(1, filters, None).await.unwrap();
-    let got = until(&mut c, 5000, |m| matches!(m, ServerMsg::Synced { .. })).await;
+    let got = subscribe_synced(&mut c, 1, filters, None).await;
     (c, got)
+}
+
+/// The number an Event carries, if it is an Event with a number.
+pub fn number(m: &ServerMsg) -> Option<f64> {
+    match m {
+        ServerMsg::Event { value: Value::Number(n), .. } => Some(*n),
+        _ => None,
+    }
 }
 
 /// The close code the server sent, reading until the connection ends.
@@ -392,6 +508,7 @@ pub struct RawWs {
     buf: Vec<u8>,
 }
 
+/// WebSocket opcodes.
 pub const OP_TEXT: u8 = 1;
 pub const OP_BINARY: u8 = 2;
 pub const OP_CONT: u8 = 0;
@@ -464,6 +581,7 @@ impl RawWs {
         let _ = self.stream.write_all(&encode_frame(fin, opcode, payload, masked));
     }
 
+    /// Writes bytes as they are (frames made with `encode_frame`, or not frames at all).
     pub fn write_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
     }
@@ -495,6 +613,7 @@ impl RawWs {
     }
 }
 
+/// One WebSocket frame; `masked` as a client must.
 pub fn encode_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     let mut f = vec![(u8::from(fin) << 7) | opcode];
     let m = if masked { 0x80 } else { 0 };
@@ -536,54 +655,173 @@ fn decode_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     Some((op, payload, at + len))
 }
 
-/// The binary, with its stderr collected line by line.
+/// A child process's stdout or stderr, read line by line on a thread of its
+/// own, so that every wait on it has a deadline: a `read_line` on the pipe
+/// itself blocks for as long as the child stays silent.
+pub struct Lines {
+    seen: Arc<Mutex<Vec<String>>>,
+    ended: Arc<AtomicBool>,
+    /// Lines taken by `next` and `until`.
+    taken: AtomicUsize,
+}
+
+impl Lines {
+    /// Starts reading `pipe` to its end.
+    pub fn read(pipe: impl Read + Send + 'static) -> Lines {
+        let (seen, ended) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (sink, end) = (seen.clone(), ended.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+            end.store(true, Ordering::SeqCst);
+        });
+        Lines { seen, ended, taken: AtomicUsize::new(0) }
+    }
+
+    /// Every line read so far.
+    pub fn all(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The next line not yet taken, failing the test after `limit_ms` (scaled)
+    /// or at the end of the stream.
+    pub fn next(&self, limit_ms: u64) -> String {
+        self.scan(limit_ms, "the next line", true, |_| true)
+    }
+
+    /// Takes lines until one contains `text` and returns it (lines before it
+    /// are passed over, so `until` calls see an order of events).
+    pub fn until(&self, text: &str, limit_ms: u64) -> String {
+        self.scan(limit_ms, &format!("a line with {text:?}"), true, |l| l.contains(text))
+    }
+
+    /// The first line (since the start, whatever was taken) that contains
+    /// `text`, waiting up to `limit_ms` (scaled) for it.
+    pub fn find(&self, text: &str, limit_ms: u64) -> String {
+        self.scan(limit_ms, &format!("a line with {text:?}"), false, |l| l.contains(text))
+    }
+
+    fn scan(&self, limit_ms: u64, what: &str, take: bool, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + scaled(limit_ms);
+        loop {
+            // Read before the lines: once it is set, every line is in.
+            let ended = self.ended.load(Ordering::SeqCst);
+            {
+                let seen = self.seen.lock().unwrap();
+                let from = if take { self.taken.load(Ordering::Relaxed) } else { 0 };
+                if let Some(i) = (from..seen.len()).find(|&i| pred(&seen[i])) {
+                    if take {
+                        self.taken.store(i + 1, Ordering::Relaxed);
+                    }
+                    return seen[i].clone();
+                }
+                assert!(!ended, "{what}: the stream ended; its lines: {seen:#?}");
+                assert!(Instant::now() < deadline, "timed out after {:?}: {what}; lines: {seen:#?}", scaled(limit_ms));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Waits up to `limit_ms` (scaled) for `child` to exit; None if it has not.
+pub fn wait_child(child: &mut Child, limit_ms: u64) -> Option<ExitStatus> {
+    let mut status = None;
+    poll_until(limit_ms, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+/// Runs `cmd` to its end with `input` on its stdin, as `Command::output`
+/// does, but kills it and fails the test if it has not ended, or its output
+/// not closed, within `limit_ms` (scaled).
+pub fn output_within(cmd: &mut Command, input: &[u8], limit_ms: u64) -> Output {
+    let deadline = Instant::now() + scaled(limit_ms);
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let (mut stdin, input) = (child.stdin.take().unwrap(), input.to_vec());
+    // Dropping stdin when written closes it.
+    std::thread::spawn(move || stdin.write_all(&input));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = pipe.read_to_end(&mut all);
+            let _ = tx.send(all);
+        });
+        rx
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let Some(status) = wait_child(&mut child, limit_ms) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{shown} did not end within {:?}", scaled(limit_ms));
+    };
+    // A process it left behind may still hold the pipes.
+    let rest = |rx: mpsc::Receiver<Vec<u8>>, which: &str| {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)))
+            .unwrap_or_else(|_| panic!("{shown}: its {which} stayed open after it exited"))
+    };
+    Output { status, stdout: rest(stdout, "stdout"), stderr: rest(stderr, "stderr") }
+}
+
+/// A child process (the binary, usually) with its stdout and stderr read line
+/// by line; killed on drop if it is still running.
 pub struct Daemon {
     pub child: Child,
-    pub log: Arc<Mutex<Vec<String>>>,
+    /// Its stderr: the server's log.
+    pub log: Lines,
+    /// Its stdout.
+    pub out: Lines,
 }
 
 impl Daemon {
+    /// Spawns `cmd` with both output streams collected.
     pub fn spawn(mut cmd: Command) -> Daemon {
-        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, log }
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let log = Lines::read(child.stderr.take().unwrap());
+        let out = Lines::read(child.stdout.take().unwrap());
+        Daemon { child, log, out }
     }
 
+    /// `edgepush run --config <config>`, once `addr` accepts connections.
+    pub fn run(config: &Path, addr: SocketAddr) -> Daemon {
+        let mut cmd = edgepush_command();
+        cmd.args(["run", "--config"]).arg(config);
+        let d = Daemon::spawn(cmd);
+        wait_until(20_000, "the server to listen", || TcpStream::connect(addr).is_ok());
+        d
+    }
+
+    /// Sends `sig` to the process.
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on the child this test started.
         assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, sig) }, 0);
     }
 
+    /// Its log lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        self.log.all()
     }
 
     /// Waits for a log line containing `text` and returns it.
     pub fn wait_log(&self, text: &str, limit_ms: u64) -> String {
-        let mut found = None;
-        wait_until(limit_ms, &format!("a log line with {text:?}"), || {
-            found = self.lines().into_iter().find(|l| l.contains(text));
-            found.is_some()
-        });
-        found.unwrap()
+        self.log.find(text, limit_ms)
     }
 
-    pub fn wait_exit(&mut self, limit_ms: u64) -> std::process::ExitStatus {
-        let deadline = Instant::now() + scaled(limit_ms);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit; log: {:#?}", self.lines());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// Waits for the process to exit, failing the test (with its log) after `limit_ms` (scaled).
+    pub fn wait_exit(&mut self, limit_ms: u64) -> ExitStatus {
+        wait_child(&mut self.child, limit_ms).unwrap_or_else(|| {
+            panic!("the process did not exit within {:?}; log: {:#?}", scaled(limit_ms), self.lines())
+        })
     }
 }
 
@@ -596,12 +834,87 @@ impl Drop for Daemon {
     }
 }
 
-/// A case: its name, the frames to send, the close code expected.
-pub type Case = (&'static str, Vec<Vec<u8>>, Option<u16>);
+/// A multi-threaded executor for many clients at once, on `threads` threads
+/// that run until `finish`.
+pub struct Pool {
+    pub ex: Arc<smol::Executor<'static>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts the threads.
+    pub fn new(threads: usize) -> Pool {
+        let ex = Arc::new(smol::Executor::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let (ex, stop) = (ex.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    smol::block_on(ex.run(async {
+                        while !stop.load(Ordering::Relaxed) {
+                            smol::Timer::after(Duration::from_millis(20)).await;
+                        }
+                    }))
+                })
+            })
+            .collect();
+        Pool { ex, stop, threads }
+    }
+
+    /// Stops the threads (tasks still running are abandoned) and joins them.
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// The resident set of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    edgepush::internals::rss_kib(pid).expect("VmRSS")
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit (the servers this test starts
+/// inherit it) and fails the test if that is below `need`.
+pub fn raise_nofile(need: u64) {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+    // rlim_t is 32 bits on armv7.
+    #[allow(clippy::unnecessary_cast)]
+    let have = r.rlim_cur as u64;
+    assert!(have >= need, "RLIMIT_NOFILE {have} is below the {need} this test needs");
+}
+
+/// The accept queue of the IPv4 listener on `port` (rx_queue of its LISTEN
+/// row in /proc/net/tcp): connections the kernel completed that nobody accepted yet.
+pub fn accept_backlog(port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let listening = cols.get(3) == Some(&"0A") && cols.get(1).is_some_and(|a| a.ends_with(&want));
+            let queues = cols.get(4)?;
+            listening.then(|| u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()).flatten()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A protocol violation: its name, the frames to send, the close code expected.
+pub type Violation = (&'static str, Vec<Vec<u8>>, Option<u16>);
 
 /// Frames that break the protocol, each with the close code PROTOCOL.md
 /// names, for a server whose `max-message-bytes` is `max`.
-pub fn protocol_violations(max: usize) -> Vec<Case> {
+pub fn protocol_violations(max: usize) -> Vec<Violation> {
     let bin = |p: &[u8]| encode_frame(true, OP_BINARY, p, true);
     let ping = edgepush_protocol::ClientMsg::Ping { nonce: 1 }.encode();
     let mut two = ping.clone();

@@ -6,11 +6,11 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::process::Output;
-
 use std::process::Command;
 
-use common::{edgepush_bin, edgepush_command, free_port, scratch_dir, wait_until, Broker, Daemon};
+use common::{
+    edgepush_bin, free_port, loopback, output_within, scratch_dir, wait_linked, write_config, Broker, Daemon,
+};
 use serde_json::Value as Json;
 
 /// The load tool, starting (when it starts a server) the `edgepush` these tests use.
@@ -20,8 +20,11 @@ fn bench_command() -> Command {
     c
 }
 
+/// A quick run takes seconds; this bounds a hung one.
+const BENCH_LIMIT_MS: u64 = 600_000;
+
 fn run_bench(args: &[&str]) -> (Vec<Json>, String) {
-    let out: Output = bench_command().args(args).output().expect("edgepush-bench runs");
+    let out = output_within(bench_command().args(args), b"", BENCH_LIMIT_MS);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "edgepush bench failed: {stderr}");
     let lines = String::from_utf8(out.stdout).unwrap();
@@ -56,19 +59,13 @@ fn bench_against_named_servers_measures_both_protocols() {
         &format!("allow_anonymous true\nlistener {ws_port} 127.0.0.1\nprotocol websockets\n"),
     );
     let port = free_port();
-    let cfg = scratch_dir("bench").join("edgepush.toml");
     let text = format!(
         "listen = \"127.0.0.1:{port}\"\n[limits]\nconnections-per-second-per-ip = 100000\n[mqtt]\nport = {}\n",
         broker.port
     );
-    std::fs::write(&cfg, common::open_auth(&text)).unwrap();
-    let mut cmd = edgepush_command();
-    cmd.args(["run", "--config"]).arg(&cfg);
-    let server = Daemon::spawn(cmd);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(10_000, "edgepush linked to the broker", || {
-        std::net::TcpStream::connect(addr).is_ok() && common::get(addr, "/healthz").0 == 200
-    });
+    let addr = loopback(port);
+    let server = Daemon::run(&write_config(&scratch_dir("bench"), &text), addr);
+    wait_linked(addr, 10_000);
 
     let (ep, mq) = (format!("ws://127.0.0.1:{port}/ws"), format!("ws://127.0.0.1:{ws_port}/"));
     let (ep_pid, mq_pid, broker_addr) =
@@ -105,11 +102,11 @@ fn bench_against_named_servers_measures_both_protocols() {
 
 #[test]
 fn bench_starts_its_own_pair_and_prints_the_table() {
-    let out = bench_command()
-        .args(["--quick", "--runs", "2", "--json"])
-        .arg(scratch_dir("bench-local").join("run.jsonl"))
-        .output()
-        .expect("edgepush-bench runs");
+    let out = output_within(
+        bench_command().args(["--quick", "--runs", "2", "--json"]).arg(scratch_dir("bench-local").join("run.jsonl")),
+        b"",
+        BENCH_LIMIT_MS,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for row in [
@@ -127,16 +124,16 @@ fn bench_starts_its_own_pair_and_prints_the_table() {
 #[test]
 fn bench_refuses_bad_arguments_with_the_reason() {
     for (args, says) in [(&["--edgepush", "ws://127.0.0.1:1/ws"][..], "--broker"), (&["--ramp", "5"][..], "--ramp")] {
-        let out = bench_command().args(args).output().unwrap();
+        let out = output_within(bench_command().args(args), b"", 60_000);
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{args:?}");
     }
     // An unreachable server: a clear error, exit 1, no hang.
     let port = free_port();
-    let out = bench_command()
-        .args(["--quick", "--edgepush", &format!("ws://127.0.0.1:{port}/ws"), "--broker", &format!("127.0.0.1:{port}")])
-        .output()
-        .unwrap();
+    let unreachable =
+        ["--quick", "--edgepush", &format!("ws://127.0.0.1:{port}/ws"), "--broker", &format!("127.0.0.1:{port}")];
+    // "No hang": bounded.
+    let out = output_within(bench_command().args(unreachable), b"", 60_000);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("failed to connect") && err.contains(&port.to_string()), "{err}");
