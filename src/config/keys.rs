@@ -489,9 +489,14 @@ impl<'a> Section<'a> {
 mod tests {
     use super::*;
 
-    /// The keys of `[section]` in the annotated file: `# key = ...` lines, and
-    /// `#   key = ...` in the examples of keys without a default.
+    /// The keys of `[section]` in the annotated file: `# key = value` lines, and
+    /// `#   key = value` in the examples of keys without a default.
     fn documented(text: &str) -> Vec<(String, String)> {
+        documented_values(text).into_iter().map(|(s, k, _)| (s, k)).collect()
+    }
+
+    /// (section, key, value as written) of every documented key.
+    fn documented_values(text: &str) -> Vec<(String, String, String)> {
         let mut section = String::new();
         let mut out = Vec::new();
         for line in text.lines() {
@@ -500,9 +505,10 @@ mod tests {
                 section = name.to_owned();
             } else if let Some(name) = l.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = name.to_owned();
-            } else if let Some((k, _)) = l.split_once(" = ") {
+            } else if let Some((k, v)) = l.split_once(" = ") {
                 if !k.contains(' ') {
-                    out.push((section.clone(), k.to_owned()));
+                    let v = v.split("  #").next().unwrap_or(v).trim();
+                    out.push((section.clone(), k.to_owned(), v.to_owned()));
                 }
             }
         }
@@ -539,6 +545,40 @@ mod tests {
         // And the test itself sees what it should.
         assert!(doc.contains(&("limits".into(), "burst".into())));
         assert!(doc.contains(&("auth.tokens".into(), "sha256".into())));
+    }
+
+    #[test]
+    fn the_annotated_file_shows_each_default() {
+        let doc = documented_values(include_str!("../../systemd/edgepush.toml"));
+        let cfg = super::super::Config::default();
+        let mut sections: Vec<(&str, Table)> = Vec::new();
+        let mut add = |name, render: &dyn Fn(&mut Table)| {
+            let mut t = Table::new();
+            render(&mut t);
+            sections.push((name, t));
+        };
+        add(Top::TABLE, &|t| Top { listen: cfg.listen }.render(t));
+        add(Mqtt::TABLE, &|t| cfg.mqtt.render(t));
+        add(Limits::TABLE, &|t| cfg.limits.render(t));
+        add(Heartbeat::TABLE, &|t| cfg.heartbeat.render(t));
+        add(Auth::TABLE, &|t| cfg.auth.render(t));
+        add(Log::TABLE, &|t| cfg.log.render(t));
+        let mut checked = 0;
+        for (table, values) in &sections {
+            for (key, default) in values {
+                // The host name differs per machine; the file shows an example.
+                if *table == "mqtt" && key == "client-id" {
+                    continue;
+                }
+                let written = doc
+                    .iter()
+                    .find(|(s, k, _)| s == table && k == key)
+                    .map(|(_, _, v)| format!("v = {v}").parse::<Table>().map(|mut t| t.remove("v").unwrap()));
+                assert_eq!(written, Some(Ok(default.clone())), "{table}.{key} in systemd/edgepush.toml");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 25, "only {checked} defaults checked");
     }
 
     #[test]
