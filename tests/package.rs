@@ -50,11 +50,13 @@ fn build_package() -> PathBuf {
     // As the README says: `-- -p edgepush` builds the server package alone
     // (in the workspace root cargo would select every member, and the
     // developer build turns the demo on).
-    run(cargo_deb().arg("--manifest-path").arg(&manifest).arg("--output").arg(&out_dir).arg("--quiet").args([
-        "--",
-        "-p",
-        "edgepush",
-    ]));
+    run(cargo_deb()
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--output")
+        .arg(&out_dir)
+        .arg("--quiet")
+        .args(["--", "-p", "edgepush"]));
     let debs: Vec<PathBuf> = std::fs::read_dir(&out_dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value as Toml};
 
 use crate::config::board::{Board, MemoryModel};
-pub use keys::{Auth, Heartbeat, Limits, Log, Mqtt};
 use keys::{problem, show, Section, Top};
+pub use keys::{Auth, Heartbeat, Limits, Log, Mqtt};
 
 /// Board profiles embedded in the binary: (name, TOML text).
 pub const BOARDS: &[(&str, &str)] = &[
@@ -183,7 +183,10 @@ impl Config {
             match tls::read(&t.cert, &t.key) {
                 Ok(loaded) => t.loaded = Some(loaded),
                 Err((k, reason)) => {
-                    return Err(ConfigError { source: source.to_owned(), problems: vec![problem(&format!("tls.{k}"), reason)] })
+                    return Err(ConfigError {
+                        source: source.to_owned(),
+                        problems: vec![problem(&format!("tls.{k}"), reason)],
+                    })
                 }
             }
         }
@@ -359,18 +362,10 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
     let mut top = Top { listen: cfg.listen };
     top.apply(&mut root);
     cfg.listen = top.listen;
-    let mut s = root.sub(Mqtt::TABLE);
-    cfg.mqtt.apply(&mut s);
-    s.finish();
-    let mut s = root.sub(Limits::TABLE);
-    cfg.limits.apply(&mut s);
-    s.finish();
-    let mut s = root.sub(Heartbeat::TABLE);
-    cfg.heartbeat.apply(&mut s);
-    s.finish();
-    let mut s = root.sub(Auth::TABLE);
-    cfg.auth.apply(&mut s);
-    s.finish();
+    section(&mut root, Mqtt::TABLE, |s| cfg.mqtt.apply(s));
+    section(&mut root, Limits::TABLE, |s| cfg.limits.apply(s));
+    section(&mut root, Heartbeat::TABLE, |s| cfg.heartbeat.apply(s));
+    section(&mut root, Auth::TABLE, |s| cfg.auth.apply(s));
     match root.table.remove("tls") {
         None => {}
         Some(Toml::Table(table)) => {
@@ -391,10 +386,15 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
         // Recorded, and the rest of the file is still checked.
         Some(other) => root.bad("tls", format!("must be a table, got {}", show(&other))),
     }
-    let mut s = root.sub(Log::TABLE);
-    cfg.log.apply(&mut s);
-    s.finish();
+    section(&mut root, Log::TABLE, |s| cfg.log.apply(s));
     root.finish();
+}
+
+/// Applies the sub-table `name` of `root` (if any) and reports its unknown keys.
+fn section(root: &mut Section<'_>, name: &'static str, apply: impl FnOnce(&mut Section<'_>)) {
+    let mut s = root.sub(name);
+    apply(&mut s);
+    s.finish();
 }
 
 fn board_meta(meta: Toml, b: &mut Board, problems: &mut Vec<Problem>) {
