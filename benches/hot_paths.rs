@@ -4,7 +4,7 @@
 //! runs in batches long enough to time (about 20 ms), 15 samples, and the
 //! median nanoseconds per iteration are printed with the spread. CI builds
 //! these (`cargo bench --no-run`) and asserts no times: the machines are shared
-//! and noisy. End-to-end figures come from `edgepush bench`.
+//! and noisy. End-to-end figures come from `edgepush-bench`.
 
 use std::hint::black_box;
 use std::sync::Arc;

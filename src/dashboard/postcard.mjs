@@ -1,4 +1,4 @@
-// Postcard codec for the edgepush wire protocol, version 1 (PROTOCOL.md).
+// Postcard codec for the edgepush wire protocol, version 1 (docs/PROTOCOL.md).
 // Decodes ServerMsg, encodes ClientMsg. u64 values above 2^53 - 1 decode as BigInt.
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });

@@ -429,7 +429,7 @@ impl Hub {
     }
 }
 
-/// The checks of PROTOCOL.md "Errors" for a Subscribe, in their order.
+/// The checks of docs/PROTOCOL.md §6.5 for a Subscribe, in their order.
 fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<(), Bytes> {
     if c.subs.contains_key(&id) {
         return Err(error(409, id, format!("subscription {id} is already live")));
@@ -455,7 +455,7 @@ fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<
 }
 
 impl Hub {
-    /// Whether a resume can be answered by replay (PROTOCOL.md "Sync").
+    /// Whether a resume can be answered by replay (docs/PROTOCOL.md §6.5).
     fn resume_usable(&self, r: &Resume) -> bool {
         r.epoch == self.epoch
             && r.last_seq <= self.seq

@@ -159,7 +159,7 @@ impl<'a> Head<'a> {
         self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     }
 
-    /// The RFC 6455 checks, in the order PROTOCOL.md gives the statuses.
+    /// The RFC 6455 checks, in the order docs/PROTOCOL.md §2.4 gives the statuses.
     pub fn check_upgrade(&self) -> Result<Upgrade, Reject> {
         let upgrade = self.all("upgrade").any(|v| has_token(v, "websocket"));
         let connection = self.all("connection").any(|v| has_token(v, "upgrade"));
@@ -185,7 +185,7 @@ impl<'a> Head<'a> {
 }
 
 /// Every check a `/ws` request passes before it upgrades, in the order
-/// PROTOCOL.md gives: the request itself (400, 426), credentials (401), then
+/// docs/PROTOCOL.md §2.4 gives: the request itself (400, 426), credentials (401), then
 /// Origin (403). Returns the upgrade and who the connection is.
 pub fn ws_request(
     head: &Head<'_>,

@@ -129,7 +129,7 @@ impl Recorder {
 /// Which protocol the tool's clients speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// edgepush's own protocol (PROTOCOL.md).
+    /// edgepush's own protocol (docs/PROTOCOL.md).
     Edgepush,
     /// MQTT 3.1.1 over WebSocket, to mosquitto's `protocol websockets` listener.
     MqttWs,

@@ -721,7 +721,7 @@ pub fn run(o: &Options) -> Result<Vec<Record>, String> {
     };
     let mut sink = Sink { json, records: Vec::new() };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    eprintln!("edgepush bench: {cpus} CPUs, {} run(s), fd limit {nofile}", o.runs);
+    eprintln!("edgepush-bench: {cpus} CPUs, {} run(s), fd limit {nofile}", o.runs);
     for run in 1..=o.runs {
         let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o))?) } else { None };
         let mut targets = local.as_ref().map_or_else(|| o.external.clone(), |l| l.targets.clone());

@@ -26,7 +26,7 @@ const BENCH_LIMIT_MS: u64 = 600_000;
 fn run_bench(args: &[&str]) -> (Vec<Json>, String) {
     let out = output_within(bench_command().args(args), b"", BENCH_LIMIT_MS);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "edgepush bench failed: {stderr}");
+    assert!(out.status.success(), "edgepush-bench failed: {stderr}");
     let lines = String::from_utf8(out.stdout).unwrap();
     let records = lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     (records, stderr)

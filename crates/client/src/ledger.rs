@@ -1,7 +1,7 @@
 //! The client's account of every event: received, skipped with notice
 //! (`Lagged`), covered by a snapshot, ended with its epoch, or missing.
 //!
-//! Rules (PROTOCOL.md "Sync"): a `Snapshot` answer covers the events after the
+//! Rules (docs/PROTOCOL.md §6.5 and §6.7): a `Snapshot` answer covers the events after the
 //! point the client offered to resume from, up to the answer's `Synced.seq`; a
 //! `Lagged` notice covers the events after the highest seq the client had. An
 //! event not received is covered only if a notice's range holds it *and* the
