@@ -136,7 +136,7 @@ pub fn covers(permission: &str, filter: &str) -> bool {
 pub struct Permissions {
     /// A Subscribe filter must be within one of these ([`covers`]).
     pub subscribe: Vec<String>,
-    /// A Publish topic must match one of these ([`matches`]).
+    /// A Publish topic must match one of these ([`matches()`]).
     pub publish: Vec<String>,
 }
 
