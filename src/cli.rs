@@ -1,5 +1,5 @@
 //! The commands beside `run`: `check-config`, `hash-token` and `watch`.
-//! (`run` is [`crate::daemon::run`], `demo` is [`crate::demo::run`].)
+//! (`run` is [`crate::daemon::run`], `demo` is `demo::run`, feature `demo`.)
 
 use std::process::ExitCode;
 

@@ -15,21 +15,21 @@
 //!  daemon: start, signals, reload, systemd, logging   config: file, boards, TLS files
 //! ```
 //!
-//! - [`bridge`]: the MQTT link (the only tokio code), payloads → values.
-//! - [`hub`]: the state owner: topic table, latest values, history ring,
+//! - `bridge`: the MQTT link (the only tokio code), payloads → values.
+//! - `hub`: the state owner: topic table, latest values, history ring,
 //!   the filter index, subscriptions, resume, publish.
-//! - [`outbox`]: the bounded queue from the hub to one connection.
-//! - [`session`]: one upgraded connection: reader, writer, heartbeat, rate
+//! - `outbox`: the bounded queue from the hub to one connection.
+//! - `session`: one upgraded connection: reader, writer, heartbeat, rate
 //!   bucket, the shared timer wheel, the socket.
-//! - [`listener`]: accept loop, admission, the HTTP head, auth, Origin,
+//! - `listener`: accept loop, admission, the HTTP head, auth, Origin,
 //!   routes (`/`, `/healthz`, `/metrics`), the upgrade.
 //! - [`daemon`]: `edgepush run`: start, serve, reload, stop; systemd; logging.
-//! - [`config`]: the config file, board profiles, the files it names.
-//! - [`metrics`], [`clock`], [`hex`]: leaves every room uses.
-//! - [`cli`]: the commands beside `run`; [`demo`] (feature `demo`).
+//! - `config`: the config file, board profiles, the files it names.
+//! - `metrics`, `clock`, `hex`: leaves every room uses.
+//! - [`cli`]: the commands beside `run`; `demo` (feature `demo`).
 //!
 //! Only what the binary, the tests, the benches and the fuzz targets need is
-//! public; [`internals`] is that set for the tests and benches, not an API.
+//! public; `internals` is that set for the tests and benches, not an API.
 
 pub mod cli;
 pub mod daemon;
@@ -41,7 +41,7 @@ pub mod fuzzing;
 pub(crate) mod bridge;
 pub(crate) mod clock;
 pub(crate) mod config;
-pub mod hex;
+pub(crate) mod hex;
 pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod metrics;
@@ -55,7 +55,10 @@ pub mod internals {
     pub use crate::clock::now_ms;
     pub use crate::config::{board_profile, Config, ConfigError};
     pub use crate::daemon::{start, start_on, Running};
-    pub use crate::hex;
+    /// Hex for token hashes.
+    pub mod hex {
+        pub use crate::hex::{decode32, encode};
+    }
     pub use crate::hub::{index::FilterIndex, BridgeMsg, Hub, HubCmd, HubConfig};
     pub use crate::listener::auth::sha256;
     pub use crate::metrics::{rss_kib, Metrics, Refusal};

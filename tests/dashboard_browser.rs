@@ -186,7 +186,7 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
     let broker = Broker::start();
     // Token auth as on a gateway: the page passes its ?token= on, and the
     // browser's own Origin (the server's host and port) passes the default check.
-    let hash = edgepush::hex::encode(&edgepush::internals::sha256(b"t0ken-1"));
+    let hash = edgepush::internals::hex::encode(&edgepush::internals::sha256(b"t0ken-1"));
     let cfg = config(
         broker.port,
         &format!(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepush::hex::encode as hex;
+use edgepush::internals::hex::encode as hex;
 use edgepush::internals::sha256;
 use edgepush_client::{with_token, Client, ConnectOptions};
 use edgepush_protocol::{ClientMsg, ServerMsg};

@@ -294,7 +294,7 @@ fn reload_swaps_tokens_and_origins_without_dropping_connected_clients_and_never_
     let addr = loopback(port);
     let (old, new) = ("old-token-1f0e3dad99908345", "new-token-f4d3c2b1a0998877");
     let token = |name: &str, secret: &str| {
-        let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
+        let hash = edgepush::internals::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
         format!("[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n")
     };
     let dir = scratch_dir("reload-auth");
@@ -334,7 +334,7 @@ fn reload_swaps_tokens_and_origins_without_dropping_connected_clients_and_never_
     let log = d.lines().join("\n");
     assert!(log.contains("token \"screen\""), "the name is logged:\n{log}");
     for secret in [old, new] {
-        let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
+        let hash = edgepush::internals::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
         assert!(!log.contains(secret) && !log.contains(&hash[..16]), "a token or its hash in the log:\n{log}");
     }
 }

@@ -143,7 +143,7 @@ fn watch_follows_a_wss_server_with_a_token_trusting_its_certificate() {
     let dir = scratch_dir("tls-watch");
     let (section, _) = certificate(&dir);
     let secret = "watch-token-9a8b7c6d5e4f3a2b";
-    let hash = edgepush::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
+    let hash = edgepush::internals::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
     let auth = format!("[[auth.tokens]]\nname = \"cli\"\nsha256 = \"{hash}\"\nsubscribe = [\"w/#\"]\n");
     let server = Server::start_linked(&config(broker.port, &format!("{section}{auth}")));
     let url = format!("wss://localhost:{}/ws", server.addr.port());
