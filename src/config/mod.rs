@@ -62,6 +62,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `[log]`.
     pub log: Log,
+    /// What the file says that an operator should hear about (see [`Config::warnings`]).
+    pub(crate) notes: Vec<String>,
 }
 
 /// `[tls]`: PEM files, read by [`Config::load`] at start and on every reload.
@@ -121,6 +123,7 @@ impl Default for Config {
             auth: Auth::default(),
             tls: None,
             log: Log::default(),
+            notes: Vec::new(),
         }
     }
 }
@@ -220,8 +223,18 @@ impl Config {
             problems.push(unknown_board(&board));
             Config::default()
         };
+        let limits = table.get(Limits::TABLE).and_then(Toml::as_table);
+        let both_caps =
+            limits.is_some_and(|l| l.contains_key("max-connections") && l.contains_key("max-connections-per-ip"));
         apply(&mut cfg, table, &mut problems);
         validate(&cfg, &mut problems);
+        // The smaller cap binds first; said only when the file set both.
+        if both_caps && cfg.limits.max_connections_per_ip > cfg.limits.max_connections {
+            cfg.notes.push(format!(
+                "limits.max-connections-per-ip ({}) is above limits.max-connections ({}): the global cap binds first",
+                cfg.limits.max_connections_per_ip, cfg.limits.max_connections
+            ));
+        }
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -295,7 +308,7 @@ impl Config {
     /// What a valid config does that an operator should know: logged as
     /// warnings at start and on reload, and printed by `check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        let mut w = self.notes.clone();
         let a = &self.auth;
         match a.mode {
             AuthMode::None => w.push(format!(
@@ -449,9 +462,6 @@ fn validate(cfg: &Config, problems: &mut Vec<Problem>) {
     if cfg.mqtt.reconnect_max_ms < cfg.mqtt.reconnect_min_ms {
         problems.push(problem("mqtt.reconnect-max-ms", "must not be below mqtt.reconnect-min-ms"));
     }
-    if cfg.limits.max_connections_per_ip > cfg.limits.max_connections {
-        problems.push(problem("limits.max-connections-per-ip", "must not exceed limits.max-connections"));
-    }
 }
 
 #[cfg(test)]
@@ -541,7 +551,18 @@ mod tests {
     fn cross_key_rules() {
         let p = err("[limits]\nmax-connections = 5\nmax-connections-per-ip = 6\n[mqtt]\npassword = \"x\"\n");
         let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, vec!["mqtt.password", "limits.max-connections-per-ip"]);
+        assert_eq!(keys, vec!["mqtt.password"]);
+    }
+
+    #[test]
+    fn a_per_address_cap_above_the_global_one_is_no_error() {
+        // Written alone, the global cap is no mistake about a key the user never wrote.
+        let c = load("[limits]\nmax-connections = 16\n").unwrap();
+        assert_eq!((c.limits.max_connections, c.limits.max_connections_per_ip), (16, 64));
+        assert!(c.warnings().iter().all(|w| !w.contains("max-connections")), "{:?}", c.warnings());
+        // Both written, the per-address one higher: valid, and said.
+        let c = load("[limits]\nmax-connections = 16\nmax-connections-per-ip = 32\n").unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("limits.max-connections-per-ip (32)")), "{:?}", c.warnings());
     }
 
     #[test]
