@@ -369,8 +369,9 @@ impl Hub {
         self.scratch = targets;
     }
 
-    /// A behind connection drained its outbox: send Lagged and the latest
-    /// event of every topic it missed, in seq order.
+    /// A behind connection drained its outbox: send Lagged (when some events
+    /// were never sent) and the latest event of every topic it missed, in seq
+    /// order.
     fn catch_up(&mut self, conn: u64) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let Some(lag) = c.lag.take() else {
@@ -379,7 +380,12 @@ impl Hub {
         };
         let latest = latest_in_seq_order(&self.topics, lag.missed.iter().copied());
         let skipped = lag.events.saturating_sub(latest.len() as u64);
-        let mut answer = vec![bytes(&ServerMsg::Lagged { skipped: skipped.min(u64::from(u32::MAX)) as u32 })];
+        let mut answer = Vec::with_capacity(1 + 2 * latest.len());
+        // Lagged counts events never sent: when every missed event is a
+        // latest one, all of them follow and there is nothing to announce.
+        if skipped > 0 {
+            answer.push(bytes(&ServerMsg::Lagged { skipped: skipped.min(u64::from(u32::MAX)) as u32 }));
+        }
         for id in latest {
             let t = &self.topics[id as usize];
             c.answer_event(&mut answer, id, t, &t.latest.as_ref().expect("has a latest").1);
@@ -640,6 +646,30 @@ mod tests {
         assert!(matches!(got[1], ServerMsg::Topic { id: 1, .. }));
         assert!(matches!(got[2], ServerMsg::Event { topic: 1, seq: 5, .. }));
         assert!(matches!(got[3], ServerMsg::Event { topic: 0, seq: 6, .. }));
+        assert_eq!(ob.behind_since(), None);
+    }
+
+    #[test]
+    fn no_lagged_when_every_missed_event_follows() {
+        let (mut h, ob, _) = hub(4);
+        req(&mut h, ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: None });
+        drain(&ob);
+        publish(&mut h, "a", 1.0); // Topic + Event: 2 live
+        publish(&mut h, "a", 2.0); // 3
+        publish(&mut h, "a", 3.0); // 4: full
+        publish(&mut h, "a", 4.0); // missed, the latest of a
+        publish(&mut h, "b", 5.0); // missed, the latest of b
+        assert!(ob.behind_since().is_some());
+        let cx = Context::from_waker(Waker::noop());
+        let mut frame = Vec::new();
+        assert_eq!(ob.poll_take(&cx, &mut frame, usize::MAX), Poll::Ready(Take::Messages(4)));
+        assert_eq!(ob.poll_take(&cx, &mut frame, usize::MAX), Poll::Ready(Take::Drained));
+        h.command(HubCmd::Drained { conn: 1 });
+        let got = drain(&ob);
+        assert!(!got.iter().any(|m| matches!(m, ServerMsg::Lagged { .. })), "nothing was skipped: {got:?}");
+        assert!(matches!(got[0], ServerMsg::Event { topic: 0, seq: 4, .. }), "{got:?}");
+        assert!(matches!(got[1], ServerMsg::Topic { id: 1, .. }));
+        assert!(matches!(got[2], ServerMsg::Event { topic: 1, seq: 5, .. }));
         assert_eq!(ob.behind_since(), None);
     }
 
