@@ -65,6 +65,7 @@ fn authenticator() -> &'static Authenticator {
                 sha256: sha256(b"tok"),
                 subscribe: vec!["#".into()],
                 publish: vec![],
+                max_connections: None,
             }],
             allowed_origins: None,
         })

@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a connection was refused before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +28,12 @@ pub enum Refusal {
     Origin,
     /// Dropped at accept: too many request heads were already pending.
     PendingHeads,
+    /// 429: the token's own `max-connections`.
+    PerToken,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 10] = [
+    const ALL: [Refusal; 11] = [
         Refusal::Capacity,
         Refusal::PerAddress,
         Refusal::Timeout,
@@ -40,6 +44,7 @@ impl Refusal {
         Refusal::Unauthorized,
         Refusal::Origin,
         Refusal::PendingHeads,
+        Refusal::PerToken,
     ];
 
     fn label(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::Origin => "origin",
             Refusal::PendingHeads => "pending_heads",
+            Refusal::PerToken => "per_token",
         }
     }
 }
@@ -82,6 +88,11 @@ pub struct Metrics {
     pub broker_up: AtomicBool,
     pub broker_reconnects: AtomicU64,
     pub publishes: AtomicU64,
+    /// `accept` failed for want of a descriptor: the process's limit (EMFILE).
+    pub accept_emfile: AtomicU64,
+    /// `accept` failed for want of a descriptor: the system's limit (ENFILE).
+    pub accept_enfile: AtomicU64,
+    started: ProcessStart,
 }
 
 impl Metrics {
@@ -154,8 +165,75 @@ impl Metrics {
         for r in Refusal::ALL {
             let _ = writeln!(out, "edgepush_refused_total{{reason=\"{}\"}} {}", r.label(), self.refused_count(r));
         }
+        let _ =
+            writeln!(out, "# HELP edgepush_accept_errors_total Failed accepts for want of file descriptors, by errno.");
+        let _ = writeln!(out, "# TYPE edgepush_accept_errors_total counter");
+        let _ = writeln!(out, "edgepush_accept_errors_total{{reason=\"emfile\"}} {}", g(&self.accept_emfile));
+        let _ = writeln!(out, "edgepush_accept_errors_total{{reason=\"enfile\"}} {}", g(&self.accept_enfile));
+        render_process(&mut out, self.started.0);
         out
     }
+}
+
+/// When the process started, in Unix seconds: the wall-clock time its first
+/// [`Metrics`] was made (in the binary, milliseconds after exec). Taken then
+/// rather than from `/proc/self/stat` (ticks since boot), as the boot time
+/// is in `/proc/stat`, which the unit's `ProcSubset=pid` hides.
+#[derive(Debug)]
+struct ProcessStart(f64);
+
+impl Default for ProcessStart {
+    fn default() -> Self {
+        static AT: OnceLock<f64> = OnceLock::new();
+        ProcessStart(*AT.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())))
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+pub(crate) fn open_files_limit() -> Option<(u64, u64)> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes into the valid struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return None;
+    }
+    // rlim_t is 32 bits on armv7.
+    #[allow(clippy::unnecessary_cast)]
+    Some((r.rlim_cur as u64, r.rlim_max as u64))
+}
+
+/// The standard Prometheus process metrics (what client libraries export as
+/// `process_*`), from `/proc/self` and getrlimit; a series that cannot be
+/// read (no /proc, or no descriptor left to open it) is left out.
+fn render_process(out: &mut String, start: f64) {
+    let mut put = |name: &str, kind: &str, help: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        put("process_open_fds", "gauge", "Number of open file descriptors.", &fds.count());
+    }
+    if let Some((soft, _)) = open_files_limit() {
+        put("process_max_fds", "gauge", "Maximum number of open file descriptors.", &soft);
+    }
+    // SAFETY: sysconf(3) only reads a system constant.
+    let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+    let statm = std::fs::read_to_string("/proc/self/statm").ok();
+    let resident = statm.as_deref().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+    if let (Some(pages), Ok(page)) = (resident, u64::try_from(page)) {
+        put("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", &(pages * page));
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    if let (Some(cpu), true) = (stat.as_deref().and_then(cpu_ticks), ticks > 0) {
+        let secs = cpu as f64 / ticks as f64;
+        put("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", &secs);
+    }
+    put("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", &start);
+}
+
+/// utime + stime, in clock ticks, from the text of `/proc/PID/stat` (fields
+/// 14 and 15; counted after the command name, which may hold spaces and parentheses).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut after = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(11);
+    Some(after.next()?.parse::<u64>().ok()? + after.next()?.parse::<u64>().ok()?)
 }
 
 /// Resident set size of a process in KiB (`VmRSS` from `/proc/PID/status`).
@@ -180,9 +258,27 @@ mod tests {
         assert!(text.contains("\nedgepush_connections_peak 2\n"));
         assert!(text.contains("edgepush_refused_total{reason=\"per_address\"} 1\n"));
         assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
+        assert!(text.contains("\nedgepush_accept_errors_total{reason=\"emfile\"} 0\n"));
+        for name in [
+            "process_open_fds",
+            "process_max_fds",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} in\n{text}");
+        }
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split(' ').nth(2).unwrap();
             assert_eq!(text.matches(&format!("# TYPE {name} ")).count(), 1, "{name}");
         }
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 3 0 1234 10000 200";
+        assert_eq!(cpu_ticks(stat), Some(22));
+        assert_eq!(cpu_ticks("42 (x) S 1"), None);
+        assert!(cpu_ticks(&std::fs::read_to_string("/proc/self/stat").unwrap()).is_some());
     }
 }

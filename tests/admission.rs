@@ -222,3 +222,43 @@ fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
         out.starts_with("HTTP/1.1 200")
     });
 }
+
+#[test]
+fn a_token_past_its_own_cap_gets_429_and_other_tokens_do_not() {
+    let broker = Broker::start();
+    let entry = |name: &str, secret: &str, extra: &str| {
+        let hash = edgepush::internals::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
+        format!("[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n{extra}\n")
+    };
+    let (wall, other) = ("wall-screen-secret-1", "other-screen-secret-2");
+    let text = format!("{}{}", entry("wall", wall, "max-connections = 2"), entry("other", other, ""));
+    let server = Server::start_linked(&config(broker.port, &text));
+    let url = |t: &str| edgepush_client::with_token(&format!("ws://{}/ws", server.addr), t);
+    block_on_timeout(10_000, "per-token cap", async {
+        let first = Client::connect(&url(wall)).await.expect("1st of 2");
+        let second = Client::connect(&url(wall)).await.expect("2nd of 2");
+        match Client::connect(&url(wall)).await {
+            Err(ClientError::Refused { status: 429, .. }) => {}
+            other => panic!("the 3rd connection with the token: {:?}", other.map(|_| "connected")),
+        }
+        // Another token, and the same address, are not limited by it.
+        let _others: Vec<Client> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(Client::connect(&url(other)).await.expect("another token"));
+            }
+            v
+        };
+        // One leaves: once the server has seen it go, its slot is free again.
+        drop(first);
+        let m = server.metrics();
+        wait_until_async(5_000, "the first connection gone", || {
+            m.connections.load(std::sync::atomic::Ordering::Relaxed) == 4
+        })
+        .await;
+        Client::connect(&url(wall)).await.expect("the freed slot");
+        drop(second);
+    });
+    assert_eq!(server.metrics().refused_count(edgepush::internals::Refusal::PerToken), 1);
+    assert!(server.metrics().render().contains("edgepush_refused_total{reason=\"per_token\"} 1\n"));
+}

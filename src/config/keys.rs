@@ -248,6 +248,9 @@ impl Render for Vec<Token> {
             e.insert("sha256".into(), "<redacted>".into());
             e.insert("subscribe".into(), t.subscribe.render()?);
             e.insert("publish".into(), t.publish.render()?);
+            if let Some(n) = t.max_connections {
+                e.insert("max-connections".into(), n.render()?);
+            }
             Some(Toml::Table(e))
         });
         Some(Toml::Array(tokens.collect::<Option<_>>()?))
@@ -427,13 +430,24 @@ impl<'a> Section<'a> {
             };
             let before = self.problems.len();
             let mut s = Section { name: "", table, problems: self.problems };
-            let mut t = Token { name: String::new(), sha256: [0; 32], subscribe: vec![], publish: vec![] };
+            let mut t = Token {
+                name: String::new(),
+                sha256: [0; 32],
+                subscribe: vec![],
+                publish: vec![],
+                max_connections: None,
+            };
             let mut sha = None;
             let mut hash = None;
             s.string("name", &mut t.name);
             s.opt_string("sha256", &mut sha);
             s.filters("subscribe", true, &mut t.subscribe);
             s.filters("publish", true, &mut t.publish);
+            if s.table.contains_key("max-connections") {
+                let mut n = 0usize;
+                s.int("max-connections", 1, 1_000_000, &mut n);
+                t.max_connections = (n > 0).then_some(n);
+            }
             if t.name.is_empty() {
                 s.bad("name", "is required: a name for logs and metrics".into());
             }

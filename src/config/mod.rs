@@ -99,6 +99,8 @@ pub struct Token {
     pub subscribe: Vec<String>,
     /// Topics it may publish to.
     pub publish: Vec<String>,
+    /// Connections with this token at once (`max-connections`); past it, 429.
+    pub max_connections: Option<usize>,
 }
 
 impl fmt::Debug for Token {
@@ -108,6 +110,7 @@ impl fmt::Debug for Token {
             .field("sha256", &"<redacted>")
             .field("subscribe", &self.subscribe)
             .field("publish", &self.publish)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -616,6 +619,18 @@ mod tests {
         let e = parsed.read_files("t.toml").unwrap_err();
         assert_eq!(e.problems[0].key, "tls.cert");
         assert!(e.problems[0].reason.contains("/nonexistent/cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_token_may_cap_its_connections() {
+        let hash = crate::hex::encode(&crate::listener::auth::sha256(b"t0ken"));
+        let entry = |extra: &str| format!("[[auth.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n{extra}\n");
+        let c = Config::from_toml(&entry("max-connections = 3"), "t", None).unwrap();
+        assert_eq!(c.auth.tokens[0].max_connections, Some(3));
+        assert!(c.to_toml_redacted().contains("max-connections = 3"));
+        assert_eq!(Config::from_toml(&entry(""), "t", None).unwrap().auth.tokens[0].max_connections, None);
+        let e = Config::from_toml(&entry("max-connections = 0"), "t", None).unwrap_err();
+        assert_eq!(e.problems[0].key, "auth.tokens[0].max-connections", "{e}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The daemon: `edgepush run` ([`run`]): load the config, start the pipeline
 //! (`start.rs`: bridge, hub, executor threads, the listener), serve until a
 //! signal, reload on SIGHUP, tell systemd (`systemd.rs`), log in journald's
-//! format (`logging.rs`), give memory back after crowds (`memory.rs`), stop.
+//! format (`logging.rs`), give memory back after crowds (`memory.rs`), raise
+//! the descriptor limit and warn when it is short (`fds.rs`), stop.
 
+mod fds;
 pub(crate) mod logging;
 mod memory;
 mod start;
@@ -83,6 +85,9 @@ pub(crate) fn serve(
     let notifier = systemd::Notifier::from_env();
     let activated = listener.is_some();
     let started_at = std::time::Instant::now();
+    // Before listening: the soft descriptor limit up to the hard one, and a
+    // warning when even that is short of what the config needs.
+    fds::check(&cfg);
     let running = match listener {
         Some(l) => start_on(&cfg, l, 0),
         None => start(&cfg, 0),
@@ -160,6 +165,9 @@ fn reload_config(current: Config, new: Result<Config, ConfigError>, running: &Ru
             if let Err(e) = running.reload(&next) {
                 log::error!("reload refused, the running config stays in force: {e}");
                 return current;
+            }
+            if next.limits.max_connections > current.limits.max_connections {
+                fds::check(&next);
             }
             logging::set_level(next.log.level);
             log::info!("reload: config applied (limits, heartbeat, auth, origins, TLS certificate, log level)");

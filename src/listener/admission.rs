@@ -1,5 +1,6 @@
 //! Admission control: the global and per-address connection caps, checked
-//! before the upgrade. A slot is held by a guard for the whole session.
+//! before the upgrade, and each token's own cap, checked once the token is
+//! known. A slot is held by a guard for the whole session.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +16,8 @@ struct Counts {
     by_ip: HashMap<IpAddr, usize>,
     /// New connections per second per address.
     rate: PerAddress,
+    /// Connections per token name (only tokens with a cap are counted).
+    by_token: HashMap<Arc<str>, usize>,
 }
 
 /// Addresses whose connection rate is remembered at once.
@@ -45,7 +48,12 @@ impl Admission {
     /// Caps on concurrent connections (all, and per address) and on new
     /// connections per second per address.
     pub fn new(max: usize, per_ip: usize, per_ip_rate: u32) -> Arc<Admission> {
-        let counts = Counts { total: 0, by_ip: HashMap::new(), rate: PerAddress::new(per_ip_rate, RATE_ADDRESSES) };
+        let counts = Counts {
+            total: 0,
+            by_ip: HashMap::new(),
+            rate: PerAddress::new(per_ip_rate, RATE_ADDRESSES),
+            by_token: HashMap::new(),
+        };
         Arc::new(Admission { max: AtomicUsize::new(max), per_ip: AtomicUsize::new(per_ip), counts: Mutex::new(counts) })
     }
 
@@ -81,9 +89,41 @@ impl Admission {
         Ok(Slot { admission: self.clone(), ip })
     }
 
+    /// Takes one of `token`'s `max` connections, or refuses (429).
+    pub fn try_admit_token(self: &Arc<Self>, token: &Arc<str>, max: usize) -> Result<TokenSlot, Refusal> {
+        let mut c = self.lock();
+        let n = c.by_token.entry(token.clone()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                c.by_token.remove(token);
+            }
+            return Err(Refusal::PerToken);
+        }
+        *n += 1;
+        Ok(TokenSlot { admission: self.clone(), token: token.clone() })
+    }
+
     /// Connections holding a slot.
     pub fn total(&self) -> usize {
         self.lock().total
+    }
+}
+
+/// One of a token's connections; dropping it frees it.
+pub struct TokenSlot {
+    admission: Arc<Admission>,
+    token: Arc<str>,
+}
+
+impl Drop for TokenSlot {
+    fn drop(&mut self) {
+        let mut c = self.admission.lock();
+        if let Some(n) = c.by_token.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_token.remove(&self.token);
+            }
+        }
     }
 }
 

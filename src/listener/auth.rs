@@ -28,12 +28,15 @@ struct Entry {
     name: Arc<str>,
     sha256: [u8; 32],
     perms: Arc<Permissions>,
+    max_connections: Option<usize>,
 }
 
-/// Who a connection is: the token's name (None with `mode = "none"`) and its permissions.
+/// Who a connection is: the token's name (None with `mode = "none"`), its
+/// permissions and its own connection cap.
 pub struct Identity {
     pub name: Option<Arc<str>>,
     pub perms: Arc<Permissions>,
+    pub max_connections: Option<usize>,
 }
 
 /// SHA-256 of a token.
@@ -63,6 +66,7 @@ impl Authenticator {
                     name: t.name.as_str().into(),
                     sha256: t.sha256,
                     perms: perms(&t.subscribe, &t.publish),
+                    max_connections: t.max_connections,
                 })
                 .collect(),
         }
@@ -74,7 +78,7 @@ impl Authenticator {
     /// With `mode = "tokens"`: no token, or one that matches no entry.
     pub fn check(&self, token: Option<&[u8]>) -> Result<Identity, Denied> {
         if self.mode == AuthMode::None {
-            return Ok(Identity { name: None, perms: self.anonymous.clone() });
+            return Ok(Identity { name: None, perms: self.anonymous.clone(), max_connections: None });
         }
         let digest = sha256(token.ok_or(Denied::Missing)?);
         let mut found = None;
@@ -83,7 +87,13 @@ impl Authenticator {
                 found = Some(e);
             }
         }
-        found.map(|e| Identity { name: Some(e.name.clone()), perms: e.perms.clone() }).ok_or(Denied::Unknown)
+        found
+            .map(|e| Identity {
+                name: Some(e.name.clone()),
+                perms: e.perms.clone(),
+                max_connections: e.max_connections,
+            })
+            .ok_or(Denied::Unknown)
     }
 }
 
@@ -142,6 +152,7 @@ mod tests {
             sha256: sha256(secret.as_bytes()),
             subscribe: vec![sub.into()],
             publish: vec![],
+            max_connections: None,
         };
         Auth {
             mode,

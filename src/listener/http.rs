@@ -360,6 +360,7 @@ mod tests {
                 sha256: auth::sha256(b"x"),
                 subscribe: vec!["#".into()],
                 publish: vec![],
+                max_connections: None,
             }],
             allowed_origins: None,
         });

@@ -22,7 +22,7 @@ use smol::{Async, Executor, Timer};
 
 use crate::config::Config;
 use crate::hub::HubCmd;
-use crate::metrics::{Metrics, Refusal};
+use crate::metrics::{open_files_limit, Metrics, Refusal};
 use crate::session::socket::{Raw, Socket, Ws};
 use crate::session::{Session, SessionConfig};
 
@@ -100,6 +100,7 @@ pub(crate) async fn accept_loop(
     ex: Arc<Executor<'static>>,
     stop: Receiver<()>,
 ) {
+    let mut out_of_fds = OutOfFds::default();
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -122,11 +123,61 @@ pub(crate) async fn accept_loop(
             }
             Some(Err(e)) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
-                warn!("accept failed: {e}");
+                accept_failed(&e, &shared.metrics, &mut out_of_fds);
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
     }
+}
+
+/// How often the accept loop may warn about running out of descriptors.
+const OUT_OF_FDS_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The accept loop's record of running out of descriptors, for warning at
+/// most once per [`OUT_OF_FDS_WARN_EVERY`].
+#[derive(Default)]
+struct OutOfFds {
+    last_warned: Option<Instant>,
+    /// Failures since that warning, not warned about.
+    quiet: u64,
+}
+
+/// A failed accept: EMFILE and ENFILE are counted and warned about at most
+/// once a minute (with the limit and the fix); anything else is warned about.
+fn accept_failed(e: &io::Error, m: &Metrics, seen: &mut OutOfFds) {
+    let (counter, fix) = match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            let limit = open_files_limit().map_or_else(|| "unknown".to_owned(), |(soft, _)| soft.to_string());
+            (
+                &m.accept_emfile,
+                format!(
+                    "the process's file descriptor limit ({limit}) is reached; \
+                     raise it with LimitNOFILE= (systemctl edit edgepush) or ulimit -n, \
+                     to 2 x max-connections + 64 or more"
+                ),
+            )
+        }
+        Some(libc::ENFILE) => {
+            (&m.accept_enfile, "the system's file table is full; raise sysctl fs.file-max".to_owned())
+        }
+        _ => {
+            warn!("accept failed: {e}");
+            return;
+        }
+    };
+    Metrics::inc(counter);
+    let now = Instant::now();
+    if seen.last_warned.is_some_and(|t| now.duration_since(t) < OUT_OF_FDS_WARN_EVERY) {
+        seen.quiet += 1;
+        return;
+    }
+    let quiet = std::mem::take(&mut seen.quiet);
+    let more = if quiet > 0 { format!(" ({quiet} more since the last warning)") } else { String::new() };
+    seen.last_warned = Some(now);
+    warn!(
+        "accept failed: {e}{more}: {fix}; new connections wait in the listen backlog meanwhile \
+         (warned at most once a minute)"
+    );
 }
 
 /// One accepted TCP connection, from its first byte to its end.
@@ -144,7 +195,7 @@ async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shar
         hub: shared.hub.clone(),
         perms: who.perms,
         metrics: shared.metrics.clone(),
-        slot: Box::new(slot),
+        slot,
     };
     match &who.name {
         Some(name) => debug!("{peer}: upgraded as connection {} with token {name:?}", session.conn),
@@ -169,7 +220,7 @@ async fn handshake_phase(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     live: &Live,
-) -> Option<(Ws, admission::Slot, Identity)> {
+) -> Option<(Ws, Box<dyn Send + Sync>, Identity)> {
     // One deadline for the TLS handshake and the request head together.
     let deadline = Instant::now() + live.handshake_timeout;
     let mut stream = match &live.tls {
@@ -254,10 +305,17 @@ async fn handshake_phase(
         (Ok(head), _, "/ws") => {
             let tls = live.tls.is_some();
             match http::ws_request(head, line.query.as_deref(), &live.auth, live.origins.as_deref(), tls) {
-                Ok((upgrade, who)) => {
-                    let (ws, slot) = upgraded(stream, buf, head_len, &upgrade, slot, live).await?;
-                    return Some((ws, slot, who));
-                }
+                Ok((upgrade, who)) => match token_slot(shared, &who) {
+                    Ok(token_slot) => {
+                        let (ws, slot) = upgraded(stream, buf, head_len, &upgrade, slot, live).await?;
+                        return Some((ws, Box::new((slot, token_slot)), who));
+                    }
+                    Err(refusal) => {
+                        why = refusal;
+                        debug!("{peer}: refused: token {:?} holds all its connections", who.name);
+                        reply(429, "too many connections with this token")
+                    }
+                },
                 Err(Reject { status: 426, reason }) => {
                     http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
                 }
@@ -281,6 +339,14 @@ async fn handshake_phase(
     }
     http::send(&mut stream, &answer).await;
     None
+}
+
+/// The token's own connection slot, when its entry sets `max-connections`.
+fn token_slot(shared: &Shared, who: &Identity) -> Result<Option<admission::TokenSlot>, Refusal> {
+    match (&who.name, who.max_connections) {
+        (Some(name), Some(max)) => shared.admission.try_admit_token(name, max).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Answers 101 and wraps the socket, with any bytes the client sent after its head.
