@@ -87,3 +87,35 @@ fn pongs_answer_pings_for_a_raw_client_that_does_answer() {
     assert!(pings >= 4, "{pings}");
     assert_eq!(server.metrics().heartbeat_timeouts.load(Relaxed), 0);
 }
+
+/// Hello is the first message on a connection even when the hub is slow to
+/// queue it: the session's heartbeat must not go out ahead of it.
+#[test]
+fn hello_comes_first_even_when_the_hub_is_slow() {
+    let broker = Broker::start();
+    let port = free_port();
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\n[mqtt]\nport = {}\n[heartbeat]\ninterval-ms = 100\ntimeout-ms = 10000\n",
+        broker.port
+    );
+    let cfg = write_config(&scratch_dir("hello-first"), &text);
+    let mut cmd = edgepush_command();
+    cmd.args(["run", "--config"])
+        .arg(&cfg)
+        .env("EDGEPUSH_TEST_WEDGE_HUB_AFTER_MS", scaled(300).as_millis().to_string());
+    let d = Daemon::spawn(cmd);
+    d.wait_log("wedged by the test hook", 10_000);
+    // The hub never answers now: a client waits for its Hello, and in the
+    // meantime (several heartbeat intervals) must receive nothing else.
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let outcome =
+        smol::block_on(smol::future::or(async { Some(edgepush_client::Client::connect(&url).await) }, async {
+            smol::Timer::after(scaled(1000)).await;
+            None
+        }));
+    match outcome {
+        None => {}
+        Some(Ok(_)) => panic!("a Hello from a wedged hub"),
+        Some(Err(e)) => panic!("something before Hello: {e}"),
+    }
+}

@@ -140,6 +140,9 @@ impl Session {
         let mut hb = Heartbeat::new(Instant::now(), cfg.heartbeat_interval, cfg.heartbeat_timeout);
         let mut bucket = Bucket::new(cfg.messages_per_second, cfg.burst, Instant::now());
         let mut writing = false;
+        // Hello comes first (the hub queues it): until a frame from the
+        // outbox has gone out, a due Heartbeat is skipped, not sent ahead of it.
+        let mut greeted = false;
         let mut frame: Vec<u8> = Vec::new();
         // When this session is due to be woken by the shared timer wheel.
         // Every send moves the heartbeat deadline later; re-arming on each
@@ -156,7 +159,7 @@ impl Session {
                 Due::Idle(at) => at,
                 Due::Ping | Due::Heartbeat if writing => now + Duration::from_millis(50),
                 Due::Ping => {
-                    if hb.heartbeat_due(now) {
+                    if hb.heartbeat_due(now) && greeted {
                         // Both in one write: a quiet connection wakes once per interval.
                         if let Err(e) = self.send_heartbeat(ws, &mut frame, &mut hb, now) {
                             return self.failed(e);
@@ -167,6 +170,10 @@ impl Session {
                         return self.failed(e);
                     }
                     writing = true;
+                    continue;
+                }
+                Due::Heartbeat if !greeted => {
+                    hb.sent(now);
                     continue;
                 }
                 Due::Heartbeat => {
@@ -248,6 +255,7 @@ impl Session {
                         return self.failed(e);
                     }
                     hb.sent(Instant::now());
+                    greeted = true;
                     writing = true;
                 }
                 Step::Read(None) => return End::Gone,
