@@ -27,7 +27,7 @@ pub(super) fn warning(soft: u64, hard: u64, need: u64, max_connections: usize) -
     let hard = if hard > soft { format!(" (hard limit {hard}, not reached)") } else { String::new() };
     Some(format!(
         "file descriptor limit {soft}{hard} is below the {need} that max-connections = {max_connections} needs \
-         (one per connection, as many again for pending request heads, {MARGIN} for the broker link and the rest); \
+         (one per connection, as many again but at least 64 for pending request heads, {MARGIN} for the broker link and the rest); \
          past it new connections wait in the listen backlog. \
          Raise it: LimitNOFILE={need} in the unit (systemctl edit edgepush), or ulimit -n {need} in the shell that starts edgepush"
     ))

@@ -123,7 +123,7 @@ pub(crate) async fn accept_loop(
             }
             Some(Err(e)) => {
                 // Out of file descriptors, most likely: back off instead of spinning.
-                accept_failed(&e, &shared.metrics, &mut out_of_fds);
+                accept_failed(&e, &shared, &mut out_of_fds);
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
@@ -144,16 +144,19 @@ struct OutOfFds {
 
 /// A failed accept: EMFILE and ENFILE are counted and warned about at most
 /// once a minute (with the limit and the fix); anything else is warned about.
-fn accept_failed(e: &io::Error, m: &Metrics, seen: &mut OutOfFds) {
+fn accept_failed(e: &io::Error, shared: &Shared, seen: &mut OutOfFds) {
+    let m = &shared.metrics;
     let (counter, fix) = match e.raw_os_error() {
         Some(libc::EMFILE) => {
             let limit = open_files_limit().map_or_else(|| "unknown".to_owned(), |(soft, _)| soft.to_string());
+            // What daemon/fds.rs counts at start: connections, pending heads, a margin of 64.
+            let max = m.connections_max.load(Relaxed);
+            let need = max + shared.live().max_handshaking as u64 + 64;
             (
                 &m.accept_emfile,
                 format!(
-                    "the process's file descriptor limit ({limit}) is reached; \
-                     raise it with LimitNOFILE= (systemctl edit edgepush) or ulimit -n, \
-                     to 2 x max-connections + 64 or more"
+                    "the process's file descriptor limit ({limit}) is reached (max-connections = {max} needs {need}); \
+                     raise it with LimitNOFILE= (systemctl edit edgepush) or ulimit -n"
                 ),
             )
         }
