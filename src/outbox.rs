@@ -106,7 +106,16 @@ impl Outbox {
         }
     }
 
-    /// The hub caught the connection up.
+    /// The hub queued a catch-up: the connection stays behind (since its
+    /// first overflow) until that has drained too, so report the next drain.
+    pub fn catching_up(&self) {
+        let mut s = self.lock();
+        s.drained_reported = false;
+        s.wake();
+    }
+
+    /// The connection has caught up: its outbox drained with nothing
+    /// collapsed since the last catch-up.
     pub fn clear_behind(&self) {
         let mut s = self.lock();
         s.behind_since = None;

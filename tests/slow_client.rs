@@ -117,3 +117,54 @@ fn a_client_that_pauses_gets_lagged_then_the_latest_of_each_topic() {
         assert_eq!(m.evicted.load(Relaxed), 0);
     });
 }
+
+/// A client that reads, but slower than events arrive, is still closed with
+/// 1013: its slow-client clock runs from the first overflow until it has
+/// caught up (the hub's unit test holds the clock across catch-ups; this is
+/// the whole path, with a client that keeps reading).
+#[test]
+fn a_client_that_keeps_falling_behind_is_evicted_despite_reading() {
+    let broker = Broker::start();
+    let cfg = config(broker.port, "[limits]\noutbox-messages = 8\nslow-client-timeout-ms = 1000\nhistory = 16");
+    let server = Server::start_linked(&cfg);
+    let mut slow = RawWs::connect_small_buffer(server.addr);
+    slow.write_raw(&encode_frame(
+        true,
+        OP_BINARY,
+        &edgepush_protocol::ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: None }.encode(),
+        true,
+    ));
+    let port = broker.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut p = Publisher::connect(port);
+            // At most 20 s of events, 400 a second on 8 topics (a publishing rate).
+            for i in 0..8_000u64 {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                p.publish(&format!("fast/{}", i % 8), vec![b'x'; 4096]);
+                std::thread::sleep(std::time::Duration::from_micros(2500));
+            }
+        })
+    };
+    let m = server.metrics();
+    let started = std::time::Instant::now();
+    // The client reads a frame every 20 ms: it drains, but never keeps up.
+    // (Its close frame would sit behind what the kernel buffered for it, so
+    // the server's count says when it was evicted.)
+    while started.elapsed() < scaled(15_000) && m.evicted.load(Relaxed) == 0 {
+        if slow.read_frame().is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    stop.store(true, Relaxed);
+    publishing.join().unwrap();
+    assert!(m.lagged.load(Relaxed) >= 1, "it never fell behind");
+    assert_eq!(m.evicted.load(Relaxed), 1, "not evicted in {took:?}");
+    assert!(m.render().contains("edgepush_evicted_total 1"), "{}", m.render());
+}

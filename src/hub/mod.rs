@@ -371,10 +371,14 @@ impl Hub {
 
     /// A behind connection drained its outbox: send Lagged (when some events
     /// were never sent) and the latest event of every topic it missed, in seq
-    /// order.
+    /// order. It stays behind (its slow-client clock running since the first
+    /// overflow) until a drain finds nothing collapsed since the last
+    /// catch-up: a client that keeps overflowing is evicted in time, however
+    /// many catch-ups it was sent.
     fn catch_up(&mut self, conn: u64) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let Some(lag) = c.lag.take() else {
+            // Caught up.
             c.outbox.clear_behind();
             return;
         };
@@ -391,7 +395,7 @@ impl Hub {
             c.answer_event(&mut answer, id, t, &t.latest.as_ref().expect("has a latest").1);
         }
         c.outbox.push_all(answer);
-        c.outbox.clear_behind();
+        c.outbox.catching_up();
     }
 
     fn request(&mut self, conn: u64, msg: ClientMsg) {
@@ -646,6 +650,38 @@ mod tests {
         assert!(matches!(got[1], ServerMsg::Topic { id: 1, .. }));
         assert!(matches!(got[2], ServerMsg::Event { topic: 1, seq: 5, .. }));
         assert!(matches!(got[3], ServerMsg::Event { topic: 0, seq: 6, .. }));
+        // Behind until the catch-up itself has drained (`drain` took it, and
+        // the outbox's report of it) with nothing collapsed since.
+        assert!(ob.behind_since().is_some());
+        h.command(HubCmd::Drained { conn: 1 });
+        assert_eq!(ob.behind_since(), None);
+    }
+
+    #[test]
+    fn a_client_that_keeps_overflowing_stays_behind_from_its_first_overflow() {
+        let (mut h, ob, _) = hub(2);
+        req(&mut h, ClientMsg::Subscribe { id: 1, filters: vec!["#".into()], resume: None });
+        drain(&ob);
+        let cx = Context::from_waker(Waker::noop());
+        let mut frame = Vec::new();
+        publish(&mut h, "a", 1.0); // Topic + Event: full
+        publish(&mut h, "a", 2.0); // overflow: behind
+        let since = ob.behind_since().expect("behind");
+        for round in 0..3 {
+            // The client drains what it had; the hub queues a catch-up...
+            while let Poll::Ready(Take::Messages(_)) = ob.poll_take(&cx, &mut frame, usize::MAX) {}
+            h.command(HubCmd::Drained { conn: 1 });
+            // ...and before that has drained, more than fits arrives again.
+            for v in 0..4 {
+                publish(&mut h, "a", f64::from(10 * round + v));
+            }
+            assert_eq!(ob.behind_since(), Some(since), "round {round}: the slow-client clock was reset");
+        }
+        // Once a drain finds nothing new collapsed, it has caught up.
+        while let Poll::Ready(Take::Messages(_)) = ob.poll_take(&cx, &mut frame, usize::MAX) {}
+        h.command(HubCmd::Drained { conn: 1 });
+        while let Poll::Ready(Take::Messages(_)) = ob.poll_take(&cx, &mut frame, usize::MAX) {}
+        h.command(HubCmd::Drained { conn: 1 });
         assert_eq!(ob.behind_since(), None);
     }
 
@@ -670,6 +706,7 @@ mod tests {
         assert!(matches!(got[0], ServerMsg::Event { topic: 0, seq: 4, .. }), "{got:?}");
         assert!(matches!(got[1], ServerMsg::Topic { id: 1, .. }));
         assert!(matches!(got[2], ServerMsg::Event { topic: 1, seq: 5, .. }));
+        h.command(HubCmd::Drained { conn: 1 });
         assert_eq!(ob.behind_since(), None);
     }
 
