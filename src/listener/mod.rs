@@ -216,8 +216,9 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-/// Reads and answers the request head. Returns the upgraded WebSocket and the
-/// admission slot; None when the request was answered (or dropped) here.
+/// Reads and answers the request head. Returns the upgraded WebSocket, the
+/// slots it holds (admission, and the token's own when capped) and who it
+/// is; None when the request was answered (or dropped) here.
 async fn handshake_phase(
     stream: Async<TcpStream>,
     peer: SocketAddr,
