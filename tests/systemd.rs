@@ -170,7 +170,7 @@ fn notify_ready_watchdog_reload_and_stopping_with_journald_log_lines() {
 
     // journald format on a pipe: every line a <N> syslog priority, no timestamps, no colours.
     let lines = d.lines();
-    assert!(lines.iter().any(|l| l.starts_with("<6>edgepush::daemon: listening on")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("<6>edgepush::daemon::start: listening on")), "{lines:#?}");
     for l in &lines {
         let prio = l.strip_prefix('<').and_then(|r| r.split_once('>')).map(|(p, _)| p);
         assert!(matches!(prio, Some("3" | "4" | "6" | "7")), "not a journald line: {l:?}");

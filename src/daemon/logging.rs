@@ -38,7 +38,7 @@ pub fn syslog_priority(level: Level) -> u8 {
     }
 }
 
-/// One record as a journald line: `<6>edgepush::daemon: listening on …`.
+/// One record as a journald line: `<6>edgepush::daemon::start: listening on …`.
 /// A message of several lines (a config error) keeps its priority on each.
 pub fn journal_line(level: Level, target: &str, message: &std::fmt::Arguments<'_>) -> String {
     let p = syslog_priority(level);
