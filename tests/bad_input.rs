@@ -68,3 +68,34 @@ fn a_message_of_exactly_the_limit_is_accepted() {
     raw.frame(true, OP_CLOSE, &1000u16.to_be_bytes(), true);
     assert_eq!(raw.close_code(), Some(1000));
 }
+
+/// A client closed for what it sends while it is still sending (a flood of
+/// Subscribes past its bucket, not reading their answers) receives its close
+/// frame: the server closes lingering (half-close, discard the rest for a
+/// moment), not with a reset, which would throw away the answers and the
+/// close frame still queued for the client. Every time.
+#[test]
+fn a_flooding_client_always_receives_its_1008() {
+    let broker = Broker::start();
+    let server =
+        Server::start_linked(&config(broker.port, "[limits]\nmessages-per-second = 10\nburst = 100\nhistory = 16"));
+    // Each Subscribe's answer carries this kilobyte: a hundred answers are
+    // more than the client's small receive buffer holds.
+    let mut p = Publisher::connect(broker.port);
+    p.publish_with("flood/t", vec![b'x'; 1024], true);
+    p.flush();
+    wait_until(5_000, "the server to take the event", || {
+        server.metrics().events_in.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    });
+    let mut flood = Vec::new();
+    for i in 0..10_000u32 {
+        let sub = ClientMsg::Subscribe { id: i + 1, filters: vec!["flood/t".into()], resume: None };
+        flood.extend_from_slice(&encode_frame(true, OP_BINARY, &sub.encode(), true));
+    }
+    for run in 0..20 {
+        let mut raw = RawWs::connect_small_buffer(server.addr);
+        // A reset makes this write fail; the close frame must be readable anyway.
+        let _ = std::io::Write::write_all(&mut raw.stream, &flood);
+        assert_eq!(raw.close_code(), Some(1008), "run {run}: the close frame was lost");
+    }
+}

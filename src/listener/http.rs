@@ -279,18 +279,7 @@ pub async fn send(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), bytes: &[u
     if stream.write_all(bytes).await.is_err() {
         return;
     }
-    // Flushes, then half-closes (after TLS's close_notify).
-    let _ = stream.close().await;
-    let drain = async {
-        let mut sink = [0u8; 1024];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
+    let drain = crate::session::socket::linger(stream, LINGER_BYTES);
     smol::future::or(drain, async {
         smol::Timer::after(LINGER).await;
     })

@@ -38,8 +38,12 @@ use ticker::Ticker;
 /// Most bytes packed into one outgoing WebSocket message.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 
-/// How long an evicted or shutting-down connection gets to take its close frame.
+/// How long an evicted or shutting-down connection gets to take its close
+/// frame (and the lingering close after it).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The most a closed peer's further input is read and discarded (within
+/// `CLOSE_GRACE`) so that closing does not reset the connection.
+const LINGER_BYTES: usize = 4 << 20;
 
 /// Per-connection settings, shared by all sessions.
 #[derive(Debug, Clone)]
@@ -124,6 +128,11 @@ impl Session {
                 let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
                 let closed = async {
                     let _ = ws.close(Some(frame)).await;
+                    // A peer closed for what it sends (a flood, 1008; an
+                    // oversized message, 1009) may still be sending: read
+                    // and discard it for a moment, so the close frame is not
+                    // lost to a reset.
+                    socket::linger(ws.get_mut(), LINGER_BYTES).await;
                 };
                 smol::future::or(closed, async {
                     Timer::after(CLOSE_GRACE).await;

@@ -76,6 +76,26 @@ impl AsyncWrite for Raw {
     }
 }
 
+/// Closes gracefully after the last bytes this side sends (an HTTP answer,
+/// a close frame): half-close, then read and discard what the peer still
+/// sends, until it closes too, `max_bytes` were discarded, or the caller's
+/// deadline ends this future. Closing a socket with unread input makes the
+/// kernel answer with a reset, and a reset can destroy what was sent before
+/// it is read (RFC 6455 §7.1.1 asks servers to close this way).
+pub(crate) async fn linger(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), max_bytes: usize) {
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+    // Flushes, then half-closes (after TLS's close_notify).
+    let _ = stream.close().await;
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < max_bytes {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
