@@ -3,20 +3,8 @@
 //! with the fix. (The accept loop counts and warns about running out.)
 
 use crate::config::Config;
+use crate::listener::{descriptors_needed as needed, DESCRIPTOR_MARGIN as MARGIN};
 use crate::metrics::open_files_limit;
-
-/// Descriptors beside the connections and the pending request heads: the
-/// broker link, the listener, epoll and its wakers, the signal pipe, stdio
-/// and the journal, systemd's sockets, `/proc` reads for `/metrics`.
-const MARGIN: u64 = 64;
-
-/// What the config needs: one descriptor per connection, plus one per
-/// pending request head (as many as `max-connections`, at least 64: the
-/// listener's cap on heads in progress), plus [`MARGIN`].
-pub(super) fn needed(max_connections: usize) -> u64 {
-    let connections = max_connections as u64;
-    connections + connections.max(64) + MARGIN
-}
 
 /// The start-up warning when the limit (`soft`, after raising it to `hard`)
 /// is below `need`; None when it is enough.

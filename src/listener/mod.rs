@@ -81,7 +81,7 @@ impl Live {
             auth: Authenticator::new(&cfg.auth),
             origins: cfg.auth.allowed_origins.clone(),
             tls,
-            max_handshaking: cfg.limits.max_connections.max(64),
+            max_handshaking: pending_head_cap(cfg.limits.max_connections),
             handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
             max_header_bytes: cfg.limits.max_header_bytes,
         })
@@ -92,6 +92,24 @@ impl Shared {
     pub(crate) fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Request heads read at once: as many as `max-connections`, at least 64.
+/// Past it, a new connection is closed at accept.
+fn pending_head_cap(max_connections: usize) -> usize {
+    max_connections.max(64)
+}
+
+/// Descriptors beside the connections and the pending request heads: the
+/// broker link, the listener, epoll and its wakers, the signal pipe, stdio
+/// and the journal, systemd's sockets, `/proc` reads for `/metrics`.
+pub(crate) const DESCRIPTOR_MARGIN: u64 = 64;
+
+/// The file descriptors a config with `max_connections` needs: one per
+/// connection, one per pending request head, and a margin. The start-up
+/// check (`daemon/fds.rs`) and the accept loop's warning both say this.
+pub(crate) fn descriptors_needed(max_connections: usize) -> u64 {
+    (max_connections + pending_head_cap(max_connections)) as u64 + DESCRIPTOR_MARGIN
 }
 
 pub(crate) async fn accept_loop(
@@ -149,9 +167,8 @@ fn accept_failed(e: &io::Error, shared: &Shared, seen: &mut OutOfFds) {
     let (counter, fix) = match e.raw_os_error() {
         Some(libc::EMFILE) => {
             let limit = open_files_limit().map_or_else(|| "unknown".to_owned(), |(soft, _)| soft.to_string());
-            // What daemon/fds.rs counts at start: connections, pending heads, a margin of 64.
             let max = m.connections_max.load(Relaxed);
-            let need = max + shared.live().max_handshaking as u64 + 64;
+            let need = descriptors_needed(max as usize);
             (
                 &m.accept_emfile,
                 format!(
