@@ -88,6 +88,10 @@ pub struct Metrics {
     pub broker_up: AtomicBool,
     pub broker_reconnects: AtomicU64,
     pub publishes: AtomicU64,
+    /// Connections closed with 1001 at `max-connection-age-ms`.
+    pub recycled_age: AtomicU64,
+    /// Connections closed with 1001 by SIGUSR1's drain.
+    pub recycled_drain: AtomicU64,
     /// `accept` failed for want of a descriptor: the process's limit (EMFILE).
     pub accept_emfile: AtomicU64,
     /// `accept` failed for want of a descriptor: the system's limit (ENFILE).
@@ -98,6 +102,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A connection closed with 1001 to recycle it: by a drain, or for its age.
+    pub fn recycled(&self, drain: bool) {
+        Metrics::inc(if drain { &self.recycled_drain } else { &self.recycled_age });
     }
 
     pub fn refused_count(&self, why: Refusal) -> u64 {
@@ -160,6 +169,13 @@ impl Metrics {
         put("publishes_total", "counter", "Client publishes queued to the broker.", g(&self.publishes));
         put("broker_up", "gauge", "1 while the MQTT broker link is up.", self.broker_up.load(Relaxed) as u64);
         put("broker_reconnects_total", "counter", "Broker link re-established.", g(&self.broker_reconnects));
+        let _ = writeln!(
+            out,
+            "# HELP edgepush_recycled_total Connections closed with 1001 so that they reconnect: at max-connection-age-ms, or by a drain (SIGUSR1)."
+        );
+        let _ = writeln!(out, "# TYPE edgepush_recycled_total counter");
+        let _ = writeln!(out, "edgepush_recycled_total{{reason=\"age\"}} {}", g(&self.recycled_age));
+        let _ = writeln!(out, "edgepush_recycled_total{{reason=\"drain\"}} {}", g(&self.recycled_drain));
         let _ = writeln!(out, "# HELP edgepush_refused_total Connections refused before the upgrade, by reason.");
         let _ = writeln!(out, "# TYPE edgepush_refused_total counter");
         for r in Refusal::ALL {

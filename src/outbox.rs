@@ -23,6 +23,8 @@ pub enum Take {
     Drained,
     /// Close the connection with this code.
     Close(u16),
+    /// Nothing is queued and [`Outbox::recycle`] was called: close with 1001.
+    Recycle,
 }
 
 #[derive(Default)]
@@ -33,6 +35,8 @@ struct State {
     behind_since: Option<Instant>,
     drained_reported: bool,
     close: Option<u16>,
+    /// Asked to close with 1001 once what is queued has gone out (a drain).
+    recycle: bool,
     in_flight: usize,
     waker: Option<Waker>,
 }
@@ -137,6 +141,15 @@ impl Outbox {
         s.wake();
     }
 
+    /// Asks the connection to close with 1001 once its queued output has
+    /// gone out (SIGUSR1's drain): [`Take::Recycle`] once the queue is empty.
+    /// Unlike [`Outbox::close`], nothing queued is dropped.
+    pub fn recycle(&self) {
+        let mut s = self.lock();
+        s.recycle = true;
+        s.wake();
+    }
+
     /// The close code asked for, if any.
     pub fn close_code(&self) -> Option<u16> {
         self.lock().close
@@ -205,6 +218,9 @@ impl Outbox {
         if s.behind_since.is_some() && !s.drained_reported {
             s.drained_reported = true;
             return Poll::Ready(Take::Drained);
+        }
+        if s.recycle {
+            return Poll::Ready(Take::Recycle);
         }
         s.waker = Some(cx.waker().clone());
         Poll::Pending

@@ -189,9 +189,9 @@ fn healthz_follows_the_broker_link_and_metrics_are_prometheus_text() {
 }
 
 #[test]
-fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
+fn past_the_pending_head_cap_a_connection_gets_503_without_sending_anything() {
     let broker = Broker::start();
-    // max-connections 1: at most max(1, 64) = 64 request heads pending at once.
+    // max-connections 1: at most max(3 × 1, 64) = 64 request heads pending at once.
     let server = Server::start_linked(&config(
         broker.port,
         "[limits]\nmax-connections = 1\nmax-connections-per-ip = 1\nhandshake-timeout-ms = 10000",
@@ -203,14 +203,26 @@ fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
     let started = Instant::now();
     let mut extra = TcpStream::connect(server.addr).unwrap();
     extra.set_read_timeout(Some(scaled(5000))).unwrap();
-    let mut buf = [0u8; 16];
-    let n = extra.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0);
-    assert!(started.elapsed() < scaled(2000), "closed at once, not at the timeout: {:?}", started.elapsed());
+    // Nothing sent: the answer comes at once, not at the handshake timeout.
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    assert!(answer.contains("\r\nRetry-After: 5\r\n"), "{answer:?}");
+    assert!(started.elapsed() < scaled(2000), "answered at once, not at the timeout: {:?}", started.elapsed());
+    // A client that sent its request first reads the same answer (the
+    // request is read and discarded before the socket closes, so no reset).
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(scaled(5000))).unwrap();
+        s.write_all(upgrade_request(server.addr, "").as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("the answer, not a reset");
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    }
     // Counted under its own reason, not as a handshake timeout.
-    assert_eq!(m.refused_count(edgepush::internals::Refusal::PendingHeads), 1);
+    assert_eq!(m.refused_count(edgepush::internals::Refusal::PendingHeads), 6);
     assert_eq!(m.refused_count(edgepush::internals::Refusal::Timeout), 0);
-    assert!(m.render().contains("edgepush_refused_total{reason=\"pending_heads\"} 1\n"));
+    assert!(m.render().contains("edgepush_refused_total{reason=\"pending_heads\"} 6\n"));
     drop(silent);
     // Once they are gone, requests are served again.
     wait_until(5000, "healthz again", || {
@@ -221,6 +233,41 @@ fn silent_sockets_past_the_pending_head_cap_are_closed_at_once() {
         let _ = s.read_to_string(&mut out);
         out.starts_with("HTTP/1.1 200")
     });
+}
+
+#[test]
+fn a_burst_of_three_times_max_connections_is_answered_every_attempt() {
+    let broker = Broker::start();
+    const MAX: usize = 32;
+    let server = Server::start_linked(&config(
+        broker.port,
+        &format!(
+            "[limits]\nmax-connections = {MAX}\nmax-connections-per-ip = {MAX}\n\
+             connections-per-second-per-ip = 100000\nhandshake-timeout-ms = 20000"
+        ),
+    ));
+    // Three times the cap connect at once (the accept loop takes each, and
+    // each waits for its head), then all send their upgrade requests.
+    let mut socks: Vec<TcpStream> = (0..3 * MAX).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
+    wait_until(5000, "the accept loop to take them all", || accept_backlog(server.addr.port()) == 0);
+    let request = upgrade_request(server.addr, "");
+    for s in &mut socks {
+        s.write_all(request.as_bytes()).unwrap();
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in &mut socks {
+        s.set_read_timeout(Some(scaled(10_000))).unwrap();
+        let mut head = [0u8; 12];
+        let status = match s.read_exact(&mut head) {
+            Ok(()) => String::from_utf8_lossy(&head[9..12]).into_owned(),
+            Err(e) => format!("no answer ({e})"),
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    // Every attempt answered: the cap's worth upgraded, the rest told to retry.
+    let want: std::collections::BTreeMap<String, usize> = [("101".into(), MAX), ("503".into(), 2 * MAX)].into();
+    assert_eq!(statuses, want);
+    assert_eq!(server.metrics().refused_count(edgepush::internals::Refusal::PendingHeads), 0);
 }
 
 #[test]

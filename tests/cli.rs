@@ -194,7 +194,7 @@ fn board_profiles_are_selected_by_flag_or_key_and_flag_wins() {
     assert!(text.contains("max-connections = 256") && text.contains("history = 100"), "{text}");
     let out = bin().args(["check-config", "--board", "raspberry-pi-4", "--config"]).arg(&path).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("max-connections = 3072") && text.contains("history = 100"), "{text}");
+    assert!(text.contains("max-connections = 2560") && text.contains("history = 100"), "{text}");
     let out = bin().args(["check-config", "--board", "toaster"]).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown board \"toaster\""));

@@ -3,6 +3,11 @@
 
 use crate::config::Limits;
 
+/// A request head in progress beside its buffer: the connection's task and
+/// its share of the executor and the reactor (an estimate with room, not a
+/// measurement; small next to `max-header-bytes`).
+pub const PENDING_HEAD_BYTES: u64 = 1024;
+
 /// The memory model, per board file, from measurements on a running server
 /// (`examples/idle_connections.rs`, `examples/memory_model.rs`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,11 +54,18 @@ impl Board {
             + u64::from(l.max_filters) * m.filter_bytes
     }
 
+    /// The most one request head in progress can cost: its buffer grown to
+    /// `max-header-bytes` and [`PENDING_HEAD_BYTES`] for its task and socket.
+    pub fn pending_head_worst_bytes(&self, l: &Limits) -> u64 {
+        l.max_header_bytes as u64 + PENDING_HEAD_BYTES
+    }
+
     /// The worst case of the whole server with these limits, in bytes.
     pub fn worst_case_bytes(&self, l: &Limits) -> u64 {
         let m = &self.model;
         m.base_kib * 1024
             + l.max_connections as u64 * self.connection_worst_bytes(l)
+            + l.pending_heads() as u64 * self.pending_head_worst_bytes(l)
             + l.max_topics as u64 * m.topic_bytes
             + l.history as u64 * m.history_entry_bytes
     }

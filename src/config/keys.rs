@@ -120,6 +120,12 @@ section! {
         /// New `/ws` connections per second from one address (a bucket holding
         /// one second's worth). Past it: 429.
         connections_per_second_per_ip: u32 = "connections-per-second-per-ip", int(1, 1_000_000), 20;
+        /// Connections older than this (±10 % jitter) are closed with 1001
+        /// once their pending output is sent, so that clients reconnect
+        /// through the load balancer. 0: off.
+        max_connection_age_ms: u64 = "max-connection-age-ms", age(), 0;
+        /// SIGUSR1 closes every connection with 1001, spread evenly over this.
+        drain_spread_ms: u64 = "drain-spread-ms", int(0, MAX_MS), 10_000;
     }
 }
 
@@ -342,6 +348,16 @@ impl<'a> Section<'a> {
                 Ok(a) => *slot = a,
                 Err(_) => self.bad(k, format!("must be an address such as \"0.0.0.0:8080\", got {s:?}")),
             }
+        }
+    }
+
+    /// A connection age: 0 (off) or at least a second, so that a typo cannot
+    /// make every dashboard reconnect in a tight loop.
+    fn age(&mut self, k: &str, slot: &mut u64) {
+        let Some(v) = self.table.remove(k) else { return };
+        match v {
+            Toml::Integer(i) if i == 0 || (1000..=MAX_MS).contains(&i) => *slot = i as u64,
+            other => self.bad(k, format!("must be 0 (off) or from 1000 to {MAX_MS} ms, got {}", show(&other))),
         }
     }
 

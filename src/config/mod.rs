@@ -21,6 +21,17 @@ use crate::config::board::{Board, MemoryModel};
 use keys::{problem, show, Section, Top};
 pub use keys::{Auth, Heartbeat, Limits, Log, Mqtt};
 
+impl Limits {
+    /// Request heads (and TLS handshakes) in progress at once: three times
+    /// `max-connections`, at least 64, so that a crowd of three times the cap
+    /// arriving at once (every dashboard of a site after a restart) is
+    /// answered, each with 101 or 503. Past it, a plain listener answers 503
+    /// at accept without reading the request; a TLS listener closes.
+    pub fn pending_heads(&self) -> usize {
+        self.max_connections.saturating_mul(3).max(64)
+    }
+}
+
 /// Board profiles embedded in the binary: (name, TOML text).
 pub const BOARDS: &[(&str, &str)] = &[
     ("generic", include_str!("../../boards/generic.toml")),
@@ -729,7 +740,11 @@ mod tests {
         l.max_topics = 11;
         l.history = 13;
         assert_eq!(board.connection_worst_bytes(&l), 1000 + 50 + 100 + 2 * 4 * 10 + 2 * 5);
-        assert_eq!(board.worst_case_bytes(&l), 1024 + 3 * 1240 + 11 * 7 + 13 * 3);
+        l.max_header_bytes = 300;
+        assert_eq!(l.pending_heads(), 64);
+        assert_eq!(board.worst_case_bytes(&l), 1024 + 3 * 1240 + 64 * (300 + 1024) + 11 * 7 + 13 * 3);
+        l.max_connections = 100;
+        assert_eq!(l.pending_heads(), 300);
         assert_eq!(board.budget_bytes(), 100 * 1048576 / 10);
     }
 

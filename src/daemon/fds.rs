@@ -15,7 +15,7 @@ pub(super) fn warning(soft: u64, hard: u64, need: u64, max_connections: usize) -
     let hard = if hard > soft { format!(" (hard limit {hard}, not reached)") } else { String::new() };
     Some(format!(
         "file descriptor limit {soft}{hard} is below the {need} that max-connections = {max_connections} needs \
-         (one per connection, as many again but at least 64 for pending request heads, {MARGIN} for the broker link and the rest); \
+         (one per connection, three times as many but at least 64 for pending request heads, 64 for answering past those, {MARGIN} for the broker link and the rest); \
          past it new connections wait in the listen backlog. \
          Raise it: LimitNOFILE={need} in the unit (systemctl edit edgepush), or ulimit -n {need} in the shell that starts edgepush"
     ))
@@ -45,7 +45,7 @@ pub(super) fn raise_to_hard() -> Option<(u64, u64)> {
 /// At start: raises the limit, and warns when it is below what `cfg` needs.
 pub(super) fn check(cfg: &Config) {
     let Some((soft, hard)) = raise_to_hard() else { return };
-    let need = needed(cfg.limits.max_connections);
+    let need = needed(&cfg.limits);
     match warning(soft, hard, need, cfg.limits.max_connections) {
         Some(w) => log::warn!("{w}"),
         None => log::debug!("file descriptor limit {soft}, {need} needed"),
@@ -58,15 +58,20 @@ mod tests {
 
     #[test]
     fn the_need_is_connections_plus_pending_heads_plus_a_margin() {
-        assert_eq!(needed(1), 1 + 64 + 64);
-        assert_eq!(needed(64), 64 + 64 + 64);
-        assert_eq!(needed(1000), 2064);
+        let need = |max| {
+            let mut l = Config::default().limits;
+            l.max_connections = max;
+            needed(&l)
+        };
+        assert_eq!(need(1), 1 + 64 + 64 + 64);
+        assert_eq!(need(64), 64 + 192 + 64 + 64);
+        assert_eq!(need(1000), 4128);
         // The board profiles' `LimitNOFILE=` (README "Install and operate") cover them.
-        for (max, limit) in [(1024, 4096), (3072, 8192), (512, 1280), (256, 640)] {
-            assert!(needed(max) <= limit, "{max}: {} > {limit}", needed(max));
+        for (max, limit) in [(1024, 8192), (3072, 16384), (512, 4096), (256, 2048)] {
+            assert!(need(max) <= limit, "{max}: {} > {limit}", need(max));
         }
         let cfg = Config::from_toml("", "test", None).unwrap();
-        assert!(needed(cfg.limits.max_connections) <= 4096, "the unit's LimitNOFILE=4096");
+        assert!(needed(&cfg.limits) <= 8192, "the unit's LimitNOFILE=8192");
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub fn run(o: &RunOptions) -> ExitCode {
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts it down; SIGHUP
-/// re-reads the config through `reload` (when there is one). Tells systemd
+/// re-reads the config through `reload` (when there is one); SIGUSR1 drains
+/// the connections (closes each with 1001 over `drain-spread-ms`). Tells systemd
 /// (when it is the parent) about readiness, reloads and stopping, and pings
 /// its watchdog. `started` runs once it listens; `stopping` before the shutdown.
 pub(crate) fn serve(
@@ -75,7 +76,7 @@ pub(crate) fn serve(
 ) -> ExitCode {
     use async_signal::{Signal, Signals};
     // Take the signals before anything starts, so none is lost to the default action.
-    let signals = match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
+    let signals = match Signals::new([Signal::Term, Signal::Int, Signal::Hup, Signal::Usr1]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot handle signals: {e}");
@@ -128,6 +129,9 @@ pub(crate) fn serve(
                 notifier.reloading();
                 cfg = reload_config(cfg, reload(), &running);
                 notifier.ready(&format!("serving {addr}"));
+            }
+            Some(Ok(Signal::Usr1)) => {
+                running.drain(std::time::Duration::from_millis(cfg.limits.drain_spread_ms));
             }
             Some(Ok(s)) => {
                 log::info!("{s:?}: shutting down");

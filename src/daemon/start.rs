@@ -128,6 +128,33 @@ impl Running {
             .detach();
     }
 
+    /// SIGUSR1: closes every connection open now with 1001, one after
+    /// another, spread evenly over `spread` (each once its queued output has
+    /// gone out), while new connections are accepted as usual. Their clients
+    /// reconnect (through the load balancer, perhaps to another instance) and
+    /// resume.
+    pub fn drain(&self, spread: Duration) {
+        let hub = self.shared.hub.clone();
+        self.ex
+            .spawn(async move {
+                let (tx, rx) = async_channel::bounded(1);
+                if hub.send(HubCmd::Connections(tx)).await.is_err() {
+                    return;
+                }
+                let Ok(all) = rx.recv().await else { return };
+                let n = all.len();
+                info!("drain: closing {n} connections with 1001 over {spread:?}");
+                let start = Instant::now();
+                for (i, outbox) in all.into_iter().enumerate() {
+                    // The i-th of n at i/n of the spread: the last one just before its end.
+                    Timer::at(start + spread.mul_f64(i as f64 / n as f64)).await;
+                    outbox.recycle();
+                }
+                info!("drain: done in {:?}", start.elapsed());
+            })
+            .detach();
+    }
+
     /// Stops accepting, closes every client with 1001, and stops every thread.
     /// Returns within about 2 s even when clients do not answer.
     pub fn shutdown(mut self) {
@@ -243,6 +270,7 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
         shutting_down: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
         handshaking: AtomicUsize::new(0),
+        busy_answers: AtomicUsize::new(0),
     });
     wedge_hook(&shared);
 
@@ -316,6 +344,7 @@ mod tests {
             shutting_down: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             handshaking: AtomicUsize::new(0),
+            busy_answers: AtomicUsize::new(0),
         }
     }
 

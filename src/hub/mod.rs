@@ -50,6 +50,8 @@ pub enum HubCmd {
     Drained { conn: u64 },
     /// Close every connection with 1001.
     Shutdown,
+    /// The outboxes of every connection, oldest first (SIGUSR1's drain).
+    Connections(Sender<Vec<Arc<Outbox>>>),
     /// The watchdog asks whether the hub's loop still turns; answered at once.
     Probe(Sender<()>),
     /// New limits from a config reload.
@@ -265,6 +267,11 @@ impl Hub {
             }
             HubCmd::Probe(reply) => {
                 let _ = reply.try_send(());
+            }
+            HubCmd::Connections(reply) => {
+                let mut all: Vec<_> = self.conns.iter().map(|(id, c)| (*id, c.outbox.clone())).collect();
+                all.sort_unstable_by_key(|(id, _)| *id);
+                let _ = reply.try_send(all.into_iter().map(|(_, o)| o).collect());
             }
             HubCmd::Reconfigure(cfg) => {
                 self.cfg = cfg;

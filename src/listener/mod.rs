@@ -20,7 +20,7 @@ use log::{debug, warn};
 use smol::future::FutureExt as _;
 use smol::{Async, Executor, Timer};
 
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::hub::HubCmd;
 use crate::metrics::{open_files_limit, Metrics, Refusal};
 use crate::session::socket::{Raw, Socket, Ws};
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Connections still reading their request head; capped so a flood of
     /// silent sockets cannot pile up tasks for `handshake-timeout-ms` each.
     pub(crate) handshaking: AtomicUsize,
+    /// Sockets being answered 503 past the pending-head cap (`answer_busy`).
+    pub(crate) busy_answers: AtomicUsize,
 }
 
 /// The per-connection settings from the config, swapped whole on reload.
@@ -53,6 +55,8 @@ pub(crate) struct Live {
     origins: Option<Vec<String>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     max_handshaking: usize,
+    /// [`descriptors_needed`] by these limits.
+    descriptors: u64,
     handshake_timeout: Duration,
     max_header_bytes: usize,
 }
@@ -77,11 +81,16 @@ impl Live {
                 max_message_bytes: cfg.limits.max_message_bytes,
                 messages_per_second: cfg.limits.messages_per_second,
                 burst: cfg.limits.burst,
+                max_age: match cfg.limits.max_connection_age_ms {
+                    0 => None,
+                    ms => Some(Duration::from_millis(ms)),
+                },
             }),
             auth: Authenticator::new(&cfg.auth),
             origins: cfg.auth.allowed_origins.clone(),
             tls,
-            max_handshaking: pending_head_cap(cfg.limits.max_connections),
+            max_handshaking: cfg.limits.pending_heads(),
+            descriptors: descriptors_needed(&cfg.limits),
             handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
             max_header_bytes: cfg.limits.max_header_bytes,
         })
@@ -94,22 +103,21 @@ impl Shared {
     }
 }
 
-/// Request heads read at once: as many as `max-connections`, at least 64.
-/// Past it, a new connection is closed at accept.
-fn pending_head_cap(max_connections: usize) -> usize {
-    max_connections.max(64)
-}
-
 /// Descriptors beside the connections and the pending request heads: the
 /// broker link, the listener, epoll and its wakers, the signal pipe, stdio
 /// and the journal, systemd's sockets, `/proc` reads for `/metrics`.
 pub(crate) const DESCRIPTOR_MARGIN: u64 = 64;
 
-/// The file descriptors a config with `max_connections` needs: one per
-/// connection, one per pending request head, and a margin. The start-up
-/// check (`daemon/fds.rs`) and the accept loop's warning both say this.
-pub(crate) fn descriptors_needed(max_connections: usize) -> u64 {
-    (max_connections + pending_head_cap(max_connections)) as u64 + DESCRIPTOR_MARGIN
+/// Sockets past the pending-head cap that may be answered 503 at once with a
+/// lingering close of their own; past these too, the answer is written and
+/// the socket closed at once.
+const BUSY_ANSWERS: usize = 64;
+
+/// The file descriptors `limits` need: one per connection, one per pending
+/// request head, the busy answers and a margin. The start-up check
+/// (`daemon/fds.rs`) and the accept loop's warning both say this.
+pub(crate) fn descriptors_needed(limits: &Limits) -> u64 {
+    (limits.max_connections + limits.pending_heads() + BUSY_ANSWERS) as u64 + DESCRIPTOR_MARGIN
 }
 
 pub(crate) async fn accept_loop(
@@ -131,9 +139,12 @@ pub(crate) async fn accept_loop(
             Some(Ok((stream, peer))) => {
                 let live = shared.live();
                 if shared.handshaking.load(Relaxed) >= live.max_handshaking {
-                    // Too many heads in progress: closing now costs nothing.
+                    // Too many heads in progress: answer without reading one more.
                     shared.metrics.refused(Refusal::PendingHeads);
-                    debug!("{peer}: dropped, {} request heads already pending", live.max_handshaking);
+                    debug!("{peer}: refused, {} request heads already pending", live.max_handshaking);
+                    if live.tls.is_none() {
+                        answer_busy(stream, &shared, &ex);
+                    }
                     continue;
                 }
                 let _ = stream.get_ref().set_nodelay(true);
@@ -146,6 +157,29 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Past the pending-head cap on a plain listener: `503` with `Retry-After`,
+/// written at once without waiting for the request, then a lingering close
+/// (so that the request arriving meanwhile does not reset the answer away),
+/// in a task of its own while fewer than [`BUSY_ANSWERS`] are lingering.
+/// Past that, the answer goes into the empty send buffer and the socket is
+/// closed. (A TLS listener cannot answer before a handshake: it closes.)
+fn answer_busy(stream: Async<TcpStream>, shared: &Arc<Shared>, ex: &Executor<'static>) {
+    let answer = http::error_response(503, "too many connections in progress", &[("Retry-After", "5")]);
+    if shared.busy_answers.fetch_add(1, Relaxed) >= BUSY_ANSWERS {
+        shared.busy_answers.fetch_sub(1, Relaxed);
+        use std::io::Write;
+        let _ = stream.get_ref().write(&answer);
+        let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+        return;
+    }
+    let shared = shared.clone();
+    ex.spawn(async move {
+        http::send(&mut Raw::new(stream), &answer).await;
+        shared.busy_answers.fetch_sub(1, Relaxed);
+    })
+    .detach();
 }
 
 /// How often the accept loop may warn about running out of descriptors.
@@ -168,7 +202,7 @@ fn accept_failed(e: &io::Error, shared: &Shared, seen: &mut OutOfFds) {
         Some(libc::EMFILE) => {
             let limit = open_files_limit().map_or_else(|| "unknown".to_owned(), |(soft, _)| soft.to_string());
             let max = m.connections_max.load(Relaxed);
-            let need = descriptors_needed(max as usize);
+            let need = shared.live().descriptors;
             (
                 &m.accept_emfile,
                 format!(

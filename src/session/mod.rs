@@ -56,6 +56,8 @@ pub struct SessionConfig {
     /// The token bucket on client messages: refill per second and size.
     pub messages_per_second: u32,
     pub burst: u32,
+    /// `max-connection-age-ms`: recycle the connection (1001) at this age, ±10 %.
+    pub max_age: Option<Duration>,
 }
 
 impl SessionConfig {
@@ -90,6 +92,32 @@ enum Step {
     Written(Result<(), WsError>),
     Take(Take),
     Timer,
+}
+
+/// Why a connection is being recycled: closed with 1001 once its pending
+/// output has gone out, so that its client reconnects (and resumes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recycle {
+    /// It reached `max-connection-age-ms`.
+    Age,
+    /// SIGUSR1's drain asked for it.
+    Drain,
+}
+
+impl Recycle {
+    fn reason(self) -> &'static str {
+        match self {
+            Recycle::Age => "connection recycled; reconnect",
+            Recycle::Drain => "server draining; reconnect",
+        }
+    }
+}
+
+/// The moment a connection of `age` is recycled: `age` ± 10 %, so that a
+/// crowd connected at once does not leave (and come back) at once.
+fn recycle_at(start: Instant, age: Duration, conn: u64) -> Instant {
+    let jitter = edgepush_protocol::rng::Rng::from_time(conn).next_f64();
+    start + age.mul_f64(0.9 + 0.2 * jitter)
 }
 
 /// How a session ended.
@@ -160,6 +188,7 @@ impl Session {
         // early and harmless: the loop finds nothing due and arms the next.
         let ticker = Ticker::get();
         let mut armed: Option<Instant> = None;
+        let age_limit = cfg.max_age.map(|age| recycle_at(Instant::now(), age, self.conn));
         loop {
             // What is due now, and when to wake for the next thing.
             let now = Instant::now();
@@ -205,6 +234,17 @@ impl Session {
                     return End::Close(1013, "too slow; reconnect later");
                 }
                 wake_at = wake_at.min(evict_at);
+            }
+            if let Some(at) = age_limit {
+                if now < at {
+                    wake_at = wake_at.min(at);
+                } else if (!writing && outbox.is_empty()) || now >= at + CLOSE_GRACE {
+                    // Old enough, and what was queued has gone out (or the
+                    // grace for it has passed).
+                    return self.recycled(Recycle::Age);
+                } else {
+                    wake_at = wake_at.min(at + CLOSE_GRACE);
+                }
             }
 
             let reading = outbox.accepts_requests();
@@ -256,6 +296,8 @@ impl Session {
                 Step::Written(Ok(())) => writing = false,
                 Step::Written(Err(e)) => return self.failed(e),
                 Step::Take(Take::Close(code)) => return End::Close(code, "server shutting down"),
+                // SIGUSR1's drain: the queue has gone out.
+                Step::Take(Take::Recycle) => return self.recycled(Recycle::Drain),
                 Step::Take(Take::Drained) => {
                     let _ = self.hub.send(HubCmd::Drained { conn: self.conn }).await;
                 }
@@ -328,6 +370,12 @@ impl Session {
         m.bytes_sent.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Metrics::inc(&m.frames_sent);
         start_send(ws, Message::Binary(body.into()))
+    }
+
+    fn recycled(&self, why: Recycle) -> End {
+        self.metrics.recycled(why == Recycle::Drain);
+        debug!("{}: recycled ({why:?})", self.peer);
+        End::Close(1001, why.reason())
     }
 
     /// Maps a WebSocket error to how the connection ends.
