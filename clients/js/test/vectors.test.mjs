@@ -1,11 +1,11 @@
-// The dashboard's postcard codec against the vectors the Rust test writes
-// (tests/decoder_vectors.rs → tests/vectors/postcard.json). Run: node --test tests/dashboard/
+// The codec against the shared vectors the Rust test writes
+// (tests/decoder_vectors.rs → tests/vectors/postcard.json, in the edgepush repository).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { decodeAll, encodeClient, DecodeError } from '../../src/dashboard/postcard.mjs';
+import { decodeAll, encodeClient, DecodeError } from '../src/codec.mjs';
 
-const vectors = JSON.parse(readFileSync(new URL('../vectors/postcard.json', import.meta.url)));
+const vectors = JSON.parse(readFileSync(new URL('../../../tests/vectors/postcard.json', import.meta.url)));
 const fromHex = (h) => Uint8Array.from(h.match(/../g) ?? [], (x) => parseInt(x, 16));
 const toHex = (b) => [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
 const bits = (x) => {
