@@ -1,7 +1,9 @@
-//! Writes the test vectors that the dashboard's JavaScript codec is checked
+//! Writes the test vectors that the JavaScript codec (the client package's
+//! `clients/js/src/codec.mjs`, which the dashboard imports) is checked
 //! against: every ServerMsg and Value variant, varint edges, odd strings and
 //! floats, frames holding several messages, and bytes that must not decode;
-//! then runs `node --test tests/dashboard/` on them, so `cargo test` covers both.
+//! then runs `node --test clients/js/test/vectors.test.mjs` on them, so
+//! `cargo test` covers both. It needs no npm package.
 
 use std::path::Path;
 
@@ -168,7 +170,7 @@ fn client_vectors() -> Vec<(ClientMsg, Json)> {
 }
 
 #[test]
-fn the_dashboard_codec_agrees_with_the_server_on_every_vector() {
+fn the_javascript_codec_agrees_with_the_server_on_every_vector() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
     std::fs::create_dir_all(&dir).unwrap();
     let server: Vec<Json> = server_vectors()
@@ -209,7 +211,7 @@ fn the_dashboard_codec_agrees_with_the_server_on_every_vector() {
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("node")
-        .args(["--test", "tests/dashboard/"])
+        .args(["--test", "clients/js/test/vectors.test.mjs"])
         .current_dir(root)
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}): install the Debian package `nodejs`"));

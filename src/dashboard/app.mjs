@@ -1,108 +1,34 @@
-// The edgepush dashboard: live tiles over the binary WebSocket protocol, with
-// reconnect (exponential backoff, full jitter), resume and staleness warnings.
-import { decodeAll, encodeClient } from '/postcard.mjs';
+// The edgepush dashboard: live tiles over the binary WebSocket protocol. The
+// connection (reconnect with backoff and full jitter, resume, staleness) is the
+// client package's Follower, served by the gateway at /client/.
+import { Follower } from '/client/follower.mjs';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const token = params.get('token');
-const BASE_MS = 500, CAP_MS = 30000, SPARK_POINTS = 60, PING_EVERY_MS = 5000;
+const SPARK_POINTS = 60, PING_EVERY_MS = 5000;
 
 const st = {
-  ws: null, epoch: null, lastSeq: 0, heartbeatMs: 15000, lastRx: 0, attempt: 0, retryAt: 0, timer: null,
-  subId: 0, filter: params.get('filter') || localStorage.getItem('edgepush.filter') || '#',
-  names: new Map(), tiles: new Map(), touched: null, nonce: 0, pingSent: new Map(), rtt: null, broker: null,
-  noticeUntil: 0,
+  filter: params.get('filter') || localStorage.getItem('edgepush.filter') || '#',
+  tiles: new Map(), rtt: null, noticeUntil: 0,
 };
-// Exposed for tests and the curious.
-window.edgepush = st;
+const wsUrl = new URL('/ws', location.href);
+const f = new Follower(wsUrl.href, { filters: [st.filter], token: params.get('token') });
+// Exposed for tests and the curious: the follower (ws, lastSeq, epoch, state, ...).
+window.edgepush = f;
 
-function wsUrl() {
-  const u = new URL('/ws', location.href);
-  u.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  if (token) u.searchParams.set('token', token);
-  return u.href;
-}
-
-function send(msg) {
-  if (st.ws && st.ws.readyState === WebSocket.OPEN) st.ws.send(encodeClient(msg));
-}
-
-function subscribe(resume) {
-  st.subId += 1;
-  st.touched = new Set();
-  send({ type: 'Subscribe', id: st.subId, filters: [st.filter], resume });
-}
-
-function connect() {
-  clearTimeout(st.timer);
-  const ws = new WebSocket(wsUrl(), ['edgepush.v1']);
-  ws.binaryType = 'arraybuffer';
-  st.ws = ws;
-  ws.onmessage = (e) => {
-    st.lastRx = performance.now();
-    let msgs;
-    try { msgs = decodeAll(new Uint8Array(e.data)); } catch (err) { console.error('bad frame', err); ws.close(); return; }
-    for (const m of msgs) handle(m);
-  };
-  ws.onclose = () => {
-    if (st.ws !== ws) return;
-    st.ws = null;
-    // Full jitter: a random delay up to the capped exponential.
-    const delay = Math.random() * Math.min(CAP_MS, BASE_MS * 2 ** st.attempt);
-    st.attempt += 1;
-    st.retryAt = performance.now() + delay;
-    st.timer = setTimeout(connect, delay);
-    render();
-  };
-}
-
-function handle(m) {
-  switch (m.type) {
-    case 'Hello': {
-      const sameEpoch = st.epoch !== null && String(st.epoch) === String(m.epoch);
-      const resume = st.epoch !== null ? { epoch: st.epoch, last_seq: st.lastSeq } : null;
-      if (!sameEpoch) st.lastSeq = 0;
-      st.epoch = m.epoch;
-      st.heartbeatMs = m.heartbeat_ms;
-      st.broker = m.broker_up;
-      st.attempt = 0;
-      st.names.clear();
-      $('server').textContent = m.server;
-      subscribe(resume);
-      ping();
-      break;
-    }
-    case 'Topic': st.names.set(m.id, m.name); break;
-    case 'Event': {
-      const name = st.names.get(m.topic);
-      if (name === undefined) break;
-      if (Number(m.seq) > Number(st.lastSeq)) st.lastSeq = m.seq;
-      if (st.touched) st.touched.add(name);
-      update(name, m);
-      break;
-    }
-    case 'Synced':
-      if (m.id !== st.subId) break;
-      if (Number(m.seq) > Number(st.lastSeq)) st.lastSeq = m.seq;
-      // After a snapshot, tiles the answer did not cover are gone or outside the filter.
-      if (m.mode === 'Snapshot' && st.touched) {
-        for (const [name, t] of st.tiles) if (!st.touched.has(name)) { t.el.remove(); st.tiles.delete(name); }
-      }
-      st.touched = null;
-      break;
-    case 'Broker': st.broker = m.up; break;
-    case 'Pong': {
-      const sent = st.pingSent.get(m.nonce);
-      if (sent !== undefined) { st.rtt = performance.now() - sent; st.pingSent.delete(m.nonce); }
-      break;
-    }
-    case 'Lagged':
-      notice(`This screen fell behind: ${m.skipped} updates skipped; showing the latest values.`);
-      break;
-    case 'Error': notice(`Server refused request ${m.req}: ${m.code} ${m.message}`); break;
-  }
-  render();
-}
+f.on('connected', (h) => { $('server').textContent = h.server; ping(); });
+f.on('event', update);
+// After a snapshot, tiles the answer did not cover are gone or outside the filter.
+f.on('snapshot', ({ topics }) => {
+  const keep = new Set(topics);
+  for (const [name, t] of st.tiles) if (!keep.has(name)) { t.el.remove(); st.tiles.delete(name); }
+});
+f.on('lagged', (m) => notice(`This screen fell behind: ${m.skipped} updates skipped; showing the latest values.`));
+f.on('error', (e) => {
+  if (e.kind === 'server') notice(`Server refused request ${e.req}: ${e.code} ${e.message}`);
+  else console.error('edgepush:', e.message);
+});
+for (const t of ['connected', 'event', 'synced', 'broker', 'stale', 'disconnected']) f.addEventListener(t, () => render());
 
 function notice(text) {
   $('notice').textContent = text;
@@ -133,8 +59,8 @@ function fmt(x) {
   return a !== 0 && (a >= 1e6 || a < 1e-3) ? x.toExponential(3) : String(Math.round(x * 1000) / 1000);
 }
 
-function update(name, m) {
-  const t = tile(name), v = m.value;
+function update(m) {
+  const t = tile(m.topic), v = m.value;
   const valueEl = t.el.querySelector('.value'), fieldsEl = t.el.querySelector('.fields');
   let num = null;
   valueEl.textContent = '';
@@ -179,24 +105,24 @@ function age(ms) {
   return s < 60 ? `${s} s ago` : s < 3600 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
 }
 
-// Connection state: live, stale (open but silent past 2.5 heartbeats), reconnecting, offline.
+// Connection state: live, stale (silent past 2.5 heartbeats), connecting, reconnecting, offline.
 function connState(now) {
-  if (!navigator.onLine && !st.ws) return ['offline', 'offline'];
-  if (!st.ws) return ['reconnecting', `reconnecting in ${Math.max(0, Math.ceil((st.retryAt - now) / 1000))} s`];
-  if (st.ws.readyState !== WebSocket.OPEN || st.epoch === null) return ['connecting', 'connecting'];
-  if (now - st.lastRx > 2.5 * st.heartbeatMs) return ['stale', 'no data'];
+  if (!navigator.onLine && !f.ws) return ['offline', 'offline'];
+  if (f.state === 'reconnecting') return ['reconnecting', `reconnecting in ${Math.max(0, Math.ceil((f.retryAt - now) / 1000))} s`];
+  if (f.state === 'stale' || (f.ws && now - f.lastRx > 2.5 * f.heartbeatMs)) return ['stale', 'no data'];
+  if (f.state !== 'live') return ['connecting', 'connecting'];
   return ['live', 'live'];
 }
 
 function render() {
   const now = performance.now();
-  const [state, label] = connState(now);
+  const [state, label] = connState(Date.now());
   const conn = $('conn');
   conn.dataset.state = state;
   conn.textContent = label;
   const b = $('broker');
-  b.dataset.state = st.broker === null ? 'unknown' : st.broker ? 'up' : 'down';
-  b.textContent = st.broker === null ? 'broker ?' : st.broker ? 'broker up' : 'broker down';
+  b.dataset.state = f.broker === null ? 'unknown' : f.broker ? 'up' : 'down';
+  b.textContent = f.broker === null ? 'broker ?' : f.broker ? 'broker up' : 'broker down';
   $('banner').hidden = state === 'live';
   $('banner').textContent = state === 'stale' ? 'Data is not live: nothing received from the gateway' : 'Data is not live: disconnected from the gateway';
   $('rtt').textContent = st.rtt === null ? '' : `rtt ${Math.round(st.rtt)} ms`;
@@ -211,25 +137,19 @@ function render() {
 $('filter').value = st.filter;
 $('filter-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  const f = $('filter').value.trim();
-  if (!f) return;
-  st.filter = f;
-  localStorage.setItem('edgepush.filter', f);
-  send({ type: 'Unsubscribe', id: st.subId });
+  const v = $('filter').value.trim();
+  if (!v) return;
+  st.filter = v;
+  localStorage.setItem('edgepush.filter', v);
   for (const t of st.tiles.values()) t.el.remove();
   st.tiles.clear();
   $('empty').hidden = false;
-  subscribe(null);
+  f.setFilters([v]);
 });
 // Round trip through the server's request queue, which WebSocket pings cannot show.
 function ping() {
-  if (!st.ws || st.ws.readyState !== WebSocket.OPEN) return;
-  st.nonce = (st.nonce + 1) >>> 0;
-  st.pingSent.clear();
-  st.pingSent.set(st.nonce, performance.now());
-  send({ type: 'Ping', nonce: st.nonce });
+  if (f.state === 'live') f.ping().then((ms) => { st.rtt = ms; }, () => {});
 }
 setInterval(ping, PING_EVERY_MS);
 setInterval(render, 250);
-addEventListener('online', () => { if (!st.ws) connect(); });
-connect();
+addEventListener('online', () => f.retryNow());

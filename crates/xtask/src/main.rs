@@ -9,7 +9,9 @@
 //! The set-up installs the missing Debian packages with apt-get when run as
 //! root; otherwise it prints the one `apt-get install` line to run and exits
 //! with status 2 before anything starts. cargo-deb (the package test) is
-//! installed with `cargo install` either way: it needs no root.
+//! installed with `cargo install` either way: it needs no root; so are the
+//! JavaScript client's npm packages (`npm ci` in `clients/js`, the
+//! js_client test).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,8 @@ struct Need {
 const NEEDS: &[Need] = &[
     Need { program: "mosquitto", package: "mosquitto", used_by: "every broker test" },
     Need { program: "chromium", package: "chromium", used_by: "the dashboard browser test" },
-    Need { program: "node", package: "nodejs", used_by: "the dashboard codec test" },
+    Need { program: "node", package: "nodejs", used_by: "the codec and JavaScript client tests" },
+    Need { program: "npm", package: "npm", used_by: "the JavaScript client's set-up and package test" },
     Need { program: "systemd-analyze", package: "systemd", used_by: "the unit files' verify and security tests" },
     Need { program: "dpkg-deb", package: "dpkg", used_by: "the package test" },
     Need { program: "ip", package: "iproute2", used_by: "the half-open test's network namespaces" },
@@ -126,7 +129,22 @@ fn setup() -> Result<(), ExitCode> {
         eprintln!("xtask: installing cargo-deb (the package test builds a .deb with it)");
         run(&cargo(), &["install", "cargo-deb", "--locked"])?;
     }
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js");
+    if npm_install_needed(&js) {
+        eprintln!("xtask: installing the JavaScript client's npm packages (clients/js/node_modules)");
+        let dir = js.to_string_lossy();
+        run("npm", &["ci", "--prefix", &dir, "--no-audit", "--no-fund"])?;
+    }
     Ok(())
+}
+
+/// Whether `clients/js/node_modules` is missing or older than its lock file.
+fn npm_install_needed(js: &Path) -> bool {
+    let modified = |p: PathBuf| p.metadata().and_then(|m| m.modified()).ok();
+    match (modified(js.join("node_modules/.package-lock.json")), modified(js.join("package-lock.json"))) {
+        (Some(installed), Some(lock)) => installed < lock,
+        _ => true,
+    }
 }
 
 /// The cargo that runs this xtask.
@@ -175,6 +193,7 @@ mod tests {
     fn missing_programs_become_their_packages_once_in_order() {
         assert_eq!(missing_packages(|_| true), Vec::<&str>::new());
         assert_eq!(missing_packages(|p| p != "node" && p != "mosquitto"), ["mosquitto", "nodejs"]);
+        assert_eq!(missing_packages(|p| p != "npm"), ["npm"]);
         assert_eq!(missing_packages(|_| false).len(), NEEDS.len());
     }
 
@@ -183,6 +202,17 @@ mod tests {
         assert_eq!(effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t0\n"), Some(0));
         assert_eq!(effective_uid("Uid:\t0\t1000\t1000\t1000\n"), Some(1000));
         assert_eq!(effective_uid("Gid:\t0\n"), None);
+    }
+
+    #[test]
+    fn npm_ci_runs_when_node_modules_is_missing() {
+        let dir = env::temp_dir().join(format!("xtask-npm-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("node_modules")).unwrap();
+        std::fs::write(dir.join("package-lock.json"), "{}").unwrap();
+        assert!(npm_install_needed(&dir));
+        std::fs::write(dir.join("node_modules/.package-lock.json"), "{}").unwrap();
+        assert!(!npm_install_needed(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
