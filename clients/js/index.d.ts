@@ -125,7 +125,7 @@ export class Follower extends EventTarget {
   on<K extends keyof FollowerEvents>(type: K, fn: (detail: FollowerEvents[K]) => void): () => void;
   addEventListener<K extends keyof FollowerEvents>(type: K, listener: (e: CustomEvent<FollowerEvents[K]>) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
-  /** Follows other filters: a new Subscribe (a snapshot of them), no resume. */
+  /** Follows other filters: a new Subscribe, no resume, answered by a snapshot whose values are all delivered (again). */
   setFilters(filters: string[]): void;
   /** Publishes through the gateway; resolves on Ack, rejects on Error (with .code) or a lost connection. */
   publish(topic: string, payload: string | Uint8Array, options?: { retain?: boolean }): Promise<void>;

@@ -276,10 +276,12 @@ export class Follower extends EventTarget {
     this._emit('disconnected', { reason: why, code: code ?? null, retryIn });
   }
 
-  // Follows `filters` instead: a new Subscribe (a snapshot of them), no resume.
+  // Follows `filters` instead: a new Subscribe, no resume, answered by a snapshot
+  // whose values are all delivered (again).
   setFilters(filters) {
     this.filters = [...filters];
     if (!this._hello || !this.ws) return;
+    this._seen.clear();
     this._send({ type: 'Unsubscribe', id: this.subId });
     this._subscribe(null);
   }

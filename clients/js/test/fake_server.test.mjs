@@ -150,3 +150,33 @@ test('the token goes in the URL percent-encoded, replacing one already there', (
   assert.equal(f.url, 'ws://h:1/ws?token=%C3%A9');
   f.close();
 });
+
+test('setFilters: Unsubscribe, then a Subscribe without resume whose answer is delivered again', async () => {
+  const got = [];
+  const srv = await fakeServer((sock) => {
+    sock.send(HELLO);
+    sock.on('message', (b) => {
+      got.push(Buffer.from(b));
+      if (b[0] !== 0) return;
+      const s = readSubscribe(b);
+      sock.send(Buffer.concat([topic(0, 'a'), event(0, 1, 1), synced(s.id, 1, 0)]));
+    });
+  });
+  const f = new Follower(srv.url, { filters: ['a'], base: 1, cap: 5 });
+  try {
+    const events = [];
+    f.on('event', (e) => events.push(e));
+    await next(f, 'synced');
+    const again = next(f, 'synced');
+    f.setFilters(['a', 'b']);
+    await again;
+    assert.equal(got.length, 3);
+    assert.deepEqual([...got[1]], [1, readSubscribe(got[0]).id]);
+    assert.deepEqual(readSubscribe(got[2]).filters, ['a', 'b']);
+    assert.equal(readSubscribe(got[2]).resume, null);
+    assert.deepEqual(events.map((e) => e.seq), [1, 1]);
+  } finally {
+    f.close();
+    await srv.close();
+  }
+});
