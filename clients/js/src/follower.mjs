@@ -110,9 +110,12 @@ export class Follower extends EventTarget {
     this.names = new Map();
     this.lastRx = Date.now();
     this._hello = false;
+    // Node's `ws` says why a handshake failed (e.g. "Unexpected server response: 401");
+    // a browser never does.
+    let why = '';
+    ws.onerror = (e) => { why = e?.message ? `: ${e.message}` : ''; };
     ws.onmessage = (e) => this.ws === ws && this._frame(e.data);
-    ws.onclose = (e) => this.ws === ws && this._lost(`closed (${e.code}${e.reason ? ' ' + e.reason : ''})`, e.code);
-    ws.onerror = () => {};
+    ws.onclose = (e) => this.ws === ws && this._lost(`closed (${e.code}${e.reason ? ' ' + e.reason : ''})${why}`, e.code);
     clearInterval(this._watch);
     this._watch = setInterval(() => this._check(), 100);
   }

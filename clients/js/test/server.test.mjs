@@ -69,6 +69,7 @@ test('a wrong token is refused and retried with backoff, not in a loop', { skip:
     await sleep(scaled(1000));
     assert.ok(lost.length >= 2 && lost.length <= 25, `${lost.length} attempts in 1 s`);
     assert.ok(lost.every((d) => d.retryIn >= 0 && d.retryIn <= scaled(200)));
+    assert.match(lost[0].reason, /401/);
     assert.equal(f.epoch, null);
   } finally {
     f.close();
