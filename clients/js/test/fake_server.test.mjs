@@ -2,6 +2,7 @@
 // sends what edgepush never would: garbage, text, a cut-off answer.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { WebSocketServer } from 'ws';
 import { Follower, backoffDelay, withToken } from '../src/index.mjs';
 import { next, waitFor, scaled } from './support.mjs';
@@ -177,6 +178,29 @@ test('setFilters: Unsubscribe, then a Subscribe without resume whose answer is d
     assert.deepEqual(events.map((e) => e.seq), [1, 1]);
   } finally {
     f.close();
+    await srv.close();
+  }
+});
+
+test("a runtime's global WebSocket (here Node's --experimental-websocket, as in a browser) is used without ws", async () => {
+  const srv = await fakeServer(async (sock) => {
+    sock.send(HELLO);
+    const s = readSubscribe(await firstMessage(sock));
+    sock.send(Buffer.concat([topic(0, 'a'), event(0, 1, 21.5), synced(s.id, 1, 0)]));
+  });
+  try {
+    const script = `
+      import { Follower } from ${JSON.stringify(new URL('../src/index.mjs', import.meta.url).href)};
+      const f = new Follower(${JSON.stringify(srv.url)}, { filters: ['a'] });
+      f.on('event', (e) => { console.log(f.ws instanceof globalThis.WebSocket, e.topic, e.value.value); f.close(); });`;
+    const out = await new Promise((ok) => {
+      const c = spawn(process.execPath, ['--experimental-websocket', '--no-warnings', '--input-type=module', '-e', script]);
+      let text = '';
+      c.stdout.on('data', (d) => { text += d; });
+      c.on('exit', () => ok(text));
+    });
+    assert.equal(out.trim(), 'true a 21.5');
+  } finally {
     await srv.close();
   }
 });
