@@ -20,7 +20,9 @@ fn the_javascript_client_passes_its_tests_against_this_server() {
         .current_dir(&dir)
         .env("CARGO_BIN_EXE_edgepush", env!("CARGO_BIN_EXE_edgepush"))
         .output()
-        .unwrap_or_else(|e| panic!("cannot run node ({e}): install the Debian package `nodejs`, or run `cargo xtask setup`"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run node ({e}): install the Debian package `nodejs`, or run `cargo xtask setup`")
+        });
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}");
     assert!(out.status.success(), "node --test failed:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));

@@ -60,12 +60,15 @@ mod tests {
     #[test]
     fn the_client_modules_are_served_where_their_relative_imports_point() {
         let paths: Vec<&str> = DASHBOARD.iter().map(|(p, _, _)| *p).collect();
+        let mut imports = 0;
         for (path, _, body) in DASHBOARD.iter().filter(|(p, _, _)| p.starts_with("/client/")) {
             for import in body.lines().filter_map(|l| l.split(" from './").nth(1)) {
                 let target = format!("/client/{}", import.split('\'').next().unwrap());
                 assert!(paths.contains(&target.as_str()), "{path} imports {target}, which is not served");
+                imports += 1;
             }
         }
+        assert!(imports >= 3, "index.mjs imports codec and follower, follower imports codec");
         let app = DASHBOARD.iter().find(|(p, _, _)| *p == "/app.mjs").unwrap().2;
         assert!(app.contains("from '/client/follower.mjs'"));
     }
