@@ -1,5 +1,6 @@
 // Postcard codec for the edgepush wire protocol, version 1 (docs/PROTOCOL.md).
 // Decodes ServerMsg, encodes ClientMsg. u64 values above 2^53 - 1 decode as BigInt.
+// Part of the edgepush-client package; edgepush serves it at /client/codec.mjs for its dashboard.
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const utf8enc = new TextEncoder();

@@ -60,6 +60,7 @@ export class Follower extends EventTarget {
     this._timer = null;
     this._watch = null;
     this._closed = false;
+    this._connecting = false;
     this._connect();
   }
 
@@ -89,13 +90,16 @@ export class Follower extends EventTarget {
   async _connect() {
     clearTimeout(this._timer);
     this._timer = null;
-    if (this._closed) return;
+    if (this._closed || this._connecting) return;
     let WS;
+    this._connecting = true;
     try {
       WS = await this._ctor();
     } catch (err) {
       this._emit('error', { kind: 'setup', message: err.message });
       return this.close();
+    } finally {
+      this._connecting = false;
     }
     if (this._closed) return;
     this.state = 'connecting';
@@ -305,8 +309,7 @@ export class Follower extends EventTarget {
 
   // Reconnects now if waiting for the backoff delay (e.g. when the network came back).
   retryNow() {
-    if (this.ws || this._closed) return;
-    this._connect();
+    if (!this.ws) this._connect();
   }
 
   // Stops for good: closes the connection, no more reconnects or events.
