@@ -252,17 +252,29 @@ fn describe(e: &ConnectionError) -> String {
         ConnectionError::NetworkTimeout => {
             format!("no CONNACK within {CONNECT_TIMEOUT_S} s: the broker is slow or stuck accepting connections")
         }
-        ConnectionError::Tls(rumqttc::TlsError::Io(io)) | ConnectionError::Io(io) => match rustls_error(io) {
+        other => match rustls_error(other) {
             Some(tls) => describe_tls(tls),
-            None => io.to_string(),
+            None => other.to_string(),
         },
-        other => other.to_string(),
     }
 }
 
-/// The rustls error inside an I/O error of the TLS stream, if that is what it is.
-fn rustls_error(io: &std::io::Error) -> Option<&rustls::Error> {
-    io.get_ref()?.downcast_ref::<rustls::Error>()
+/// The rustls error somewhere in `e`'s chain (inside the I/O error of the TLS
+/// stream, which rumqttc wraps differently in the handshake and after it).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An io::Error's source() skips the error it carries: looked at here.
+        let carried = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        if let Some(tls) = carried.and_then(|c| c.downcast_ref::<rustls::Error>()) {
+            return Some(tls);
+        }
+        at = e.source();
+    }
+    None
 }
 
 /// A TLS failure and which `[mqtt]` key to check.
