@@ -316,7 +316,7 @@ impl Config {
     /// restart, which stay as they run.
     pub fn reloaded(&self, new: Config) -> Config {
         let tls = if self.tls.is_some() == new.tls.is_some() { new.tls.clone() } else { self.tls.clone() };
-        Config { listen: self.listen, mqtt: self.mqtt.clone(), tls, ..new }
+        Config { listen: self.listen, mqtt: self.mqtt.clone(), mqtt_tls: self.mqtt_tls.clone(), tls, ..new }
     }
 
     /// What a valid config does that an operator should know: logged as
@@ -342,6 +342,11 @@ impl Config {
                  (cross-site WebSocket hijacking)"
                     .into(),
             );
+        }
+        let m = &self.mqtt;
+        let local = m.host == "localhost" || m.host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        if m.password.is_some() && m.ca.is_none() && !local {
+            w.push(format!("no mqtt.ca: the MQTT password travels in clear text to {}", m.host));
         }
         if !self.mqtt.clean_session && self.mqtt.qos == 0 {
             w.push(
@@ -687,6 +692,11 @@ mod tests {
         let e = load("[mqtt]\nca = \"/nonexistent/ca.pem\"\n").unwrap().read_files("t.toml").unwrap_err();
         assert_eq!(e.problems[0].key, "mqtt.ca");
         assert!(e.problems[0].reason.contains("/nonexistent/ca.pem"), "{e}");
+        // A password in clear text over the network: said.
+        let c = load("[mqtt]\nhost = \"broker.lan\"\nusername = \"u\"\npassword = \"p\"\n").unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("clear text to broker.lan")), "{:?}", c.warnings());
+        let c = load("[mqtt]\nusername = \"u\"\npassword = \"p\"\n").unwrap();
+        assert!(c.warnings().iter().all(|w| !w.contains("clear text to")), "{:?}", c.warnings());
         // A persistent session at QoS 0 queues nothing: said.
         let c = load("[mqtt]\nclean-session = false\nqos = 0\n").unwrap();
         assert!(c.warnings().iter().any(|w| w.contains("queues no QoS 0")), "{:?}", c.warnings());
