@@ -87,6 +87,18 @@ section! {
         reconnect_min_ms: u64 = "reconnect-min-ms", int(10, MAX_MS), 250;
         /// The longest reconnect delay.
         reconnect_max_ms: u64 = "reconnect-max-ms", int(10, MAX_MS), 10_000;
+        /// PEM file of the CA(s) that signed the broker's certificate; set, the link is TLS
+        /// (TLS 1.3) trusting those alone.
+        ca: Option<String> = "ca", opt_string(), None;
+        /// Client certificate chain (PEM) for a broker that asks for one (mutual TLS); with `key`.
+        cert: Option<String> = "cert", opt_string(), None;
+        /// That certificate's private key (PEM).
+        key: Option<String> = "key", opt_string(), None;
+        /// The name the broker's certificate must carry; unset: `host`.
+        server_name: Option<String> = "server-name", opt_string(), None;
+        /// false: a persistent session under `client-id`; the broker keeps the
+        /// subscriptions and queues QoS 1/2 messages while the link is down.
+        clean_session: bool = "clean-session", boolean(), true;
     }
 }
 
@@ -200,6 +212,12 @@ macro_rules! render_int {
     )*};
 }
 render_int!(u8, u16, u32, u64, usize);
+
+impl Render for bool {
+    fn render(&self) -> Option<Toml> {
+        Some(Toml::Boolean(*self))
+    }
+}
 
 impl Render for String {
     fn render(&self) -> Option<Toml> {
@@ -329,6 +347,14 @@ impl<'a> Section<'a> {
             None => {}
             Some(Toml::String(s)) => *slot = Some(s),
             Some(other) => self.bad(k, format!("must be a string, got {}", show(&other))),
+        }
+    }
+
+    fn boolean(&mut self, k: &str, slot: &mut bool) {
+        match self.table.remove(k) {
+            None => {}
+            Some(Toml::Boolean(b)) => *slot = b,
+            Some(other) => self.bad(k, format!("must be true or false, got {}", show(&other))),
         }
     }
 

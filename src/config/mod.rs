@@ -73,6 +73,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `[log]`.
     pub log: Log,
+    /// `[mqtt] ca`, `cert`, `key` as read by [`Config::read_files`].
+    pub(crate) mqtt_tls: Option<tls::Client>,
     /// What the file says that an operator should hear about (see [`Config::warnings`]).
     pub(crate) notes: Vec<String>,
 }
@@ -137,6 +139,7 @@ impl Default for Config {
             auth: Auth::default(),
             tls: None,
             log: Log::default(),
+            mqtt_tls: None,
             notes: Vec::new(),
         }
     }
@@ -196,18 +199,26 @@ impl Config {
     /// # Errors
     /// `tls.cert` or `tls.key` with the reason, naming the path.
     pub fn read_files(mut self, source: &str) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
         if let Some(t) = &mut self.tls {
             match tls::read(&t.cert, &t.key) {
                 Ok(loaded) => t.loaded = Some(loaded),
-                Err((k, reason)) => {
-                    return Err(ConfigError {
-                        source: source.to_owned(),
-                        problems: vec![problem(&format!("tls.{k}"), reason)],
-                    })
-                }
+                Err((k, reason)) => problems.push(problem(&format!("tls.{k}"), reason)),
             }
         }
-        Ok(self)
+        let m = &self.mqtt;
+        if let Some(ca) = &m.ca {
+            let identity = m.cert.as_deref().zip(m.key.as_deref()).map(|(c, k)| (Path::new(c), Path::new(k)));
+            match tls::client(Path::new(ca), identity, m.server_name.as_deref()) {
+                Ok(loaded) => self.mqtt_tls = Some(loaded),
+                Err((k, reason)) => problems.push(problem(&format!("mqtt.{k}"), reason)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError { source: source.to_owned(), problems })
+        }
     }
 
     /// Validates config text; `source` names it in errors. Reads no files.
@@ -316,7 +327,7 @@ impl Config {
     /// restart, which stay as they run.
     pub fn reloaded(&self, new: Config) -> Config {
         let tls = if self.tls.is_some() == new.tls.is_some() { new.tls.clone() } else { self.tls.clone() };
-        Config { listen: self.listen, mqtt: self.mqtt.clone(), tls, ..new }
+        Config { listen: self.listen, mqtt: self.mqtt.clone(), mqtt_tls: self.mqtt_tls.clone(), tls, ..new }
     }
 
     /// What a valid config does that an operator should know: logged as
@@ -340,6 +351,18 @@ impl Config {
             w.push(
                 "auth.allowed-origins = [\"*\"]: a web page on any site the user visits may connect \
                  (cross-site WebSocket hijacking)"
+                    .into(),
+            );
+        }
+        let m = &self.mqtt;
+        let local = m.host == "localhost" || m.host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        if m.password.is_some() && m.ca.is_none() && !local {
+            w.push(format!("no mqtt.ca: the MQTT password travels in clear text to {}", m.host));
+        }
+        if !self.mqtt.clean_session && self.mqtt.qos == 0 {
+            w.push(
+                "mqtt.clean-session = false with mqtt.qos = 0: the broker queues no QoS 0 messages while \
+                 the link is down"
                     .into(),
             );
         }
@@ -475,6 +498,35 @@ fn validate(cfg: &Config, problems: &mut Vec<Problem>) {
     }
     if cfg.mqtt.reconnect_max_ms < cfg.mqtt.reconnect_min_ms {
         problems.push(problem("mqtt.reconnect-max-ms", "must not be below mqtt.reconnect-min-ms"));
+    }
+    let m = &cfg.mqtt;
+    match (&m.cert, &m.key) {
+        (Some(_), None) => {
+            problems.push(problem("mqtt.key", "is required with mqtt.cert: the client certificate's key"))
+        }
+        (None, Some(_)) => {
+            problems.push(problem("mqtt.cert", "is required with mqtt.key: the certificate the key belongs to"))
+        }
+        _ => {}
+    }
+    if m.ca.is_none() {
+        for (k, set) in [
+            ("mqtt.cert", m.cert.is_some()),
+            ("mqtt.key", m.key.is_some()),
+            ("mqtt.server-name", m.server_name.is_some()),
+        ] {
+            if set {
+                problems.push(problem(
+                    k,
+                    "is set without mqtt.ca: TLS to the broker needs the CA that signed its certificate",
+                ));
+            }
+        }
+    }
+    if let Some(n) = &m.server_name {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            problems.push(problem("mqtt.server-name", format!("must be a DNS name or an IP address, got {n:?}")));
+        }
     }
 }
 
@@ -630,6 +682,35 @@ mod tests {
         let e = parsed.read_files("t.toml").unwrap_err();
         assert_eq!(e.problems[0].key, "tls.cert");
         assert!(e.problems[0].reason.contains("/nonexistent/cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn the_broker_link_tls_and_session_keys() {
+        let c = load("").unwrap();
+        assert!(c.mqtt.clean_session && c.mqtt.ca.is_none(), "a clean session, plain TCP by default");
+        let c = load("[mqtt]\nclean-session = false\nca = \"/x/ca.pem\"\nserver-name = \"10.0.0.7\"\n").unwrap();
+        assert!(!c.mqtt.clean_session);
+        assert!(c.to_toml_redacted().contains("clean-session = false"), "{}", c.to_toml_redacted());
+        // Only the keys written, each named.
+        let p = err("[mqtt]\ncert = \"c.pem\"\nclean-session = \"no\"\n");
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["mqtt.clean-session", "mqtt.key", "mqtt.cert"], "{p:?}");
+        assert!(p[1].1.contains("mqtt.cert") && p[2].1.contains("without mqtt.ca"), "{p:?}");
+        let p = err("[mqtt]\nca = \"ca.pem\"\nkey = \"k.pem\"\nserver-name = \"no such name\"\n");
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["mqtt.cert", "mqtt.server-name"], "{p:?}");
+        // The files are read by read_files, their mistakes named under [mqtt].
+        let e = load("[mqtt]\nca = \"/nonexistent/ca.pem\"\n").unwrap().read_files("t.toml").unwrap_err();
+        assert_eq!(e.problems[0].key, "mqtt.ca");
+        assert!(e.problems[0].reason.contains("/nonexistent/ca.pem"), "{e}");
+        // A password in clear text over the network: said.
+        let c = load("[mqtt]\nhost = \"broker.lan\"\nusername = \"u\"\npassword = \"p\"\n").unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("clear text to broker.lan")), "{:?}", c.warnings());
+        let c = load("[mqtt]\nusername = \"u\"\npassword = \"p\"\n").unwrap();
+        assert!(c.warnings().iter().all(|w| !w.contains("clear text to")), "{:?}", c.warnings());
+        // A persistent session at QoS 0 queues nothing: said.
+        let c = load("[mqtt]\nclean-session = false\nqos = 0\n").unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("queues no QoS 0")), "{:?}", c.warnings());
     }
 
     #[test]

@@ -255,8 +255,15 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
 
     let hub = Hub::new(hub_config(cfg), metrics.clone(), publish_tx);
     info!("epoch {}", hub.epoch());
-    let bridge =
-        bridge::spawn(cfg.mqtt.clone(), bridge_tx, publish_rx, stop_bridge_rx, bridge_probe_rx, metrics.clone())?;
+    let bridge = bridge::spawn(
+        cfg.mqtt.clone(),
+        cfg.mqtt_tls.clone(),
+        bridge_tx,
+        publish_rx,
+        stop_bridge_rx,
+        bridge_probe_rx,
+        metrics.clone(),
+    )?;
 
     let shared = Arc::new(Shared {
         admission: Admission::new(

@@ -967,3 +967,79 @@ pub fn protocol_violations(max: usize) -> Vec<Violation> {
         ("continuation without a start", vec![encode_frame(true, OP_CONT, &ping, true)], Some(1002)),
     ]
 }
+
+/// A TCP proxy on a free loopback port to `127.0.0.1:target`, that a test can
+/// cut (every connection closed, new ones closed at once) and restore: a lost
+/// link with both ends still up. Two threads per connection and one accepting;
+/// all end when it is cut or dropped.
+pub struct TcpProxy {
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `target`.
+    pub fn start(target: u16) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, stop) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(false)));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (o, s, c) = (open.clone(), stop.clone(), conns.clone());
+        let accepting = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                // Refused while cut: closed before a byte goes either way.
+                if !o.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                client.set_nonblocking(false).unwrap();
+                let mut held = c.lock().unwrap();
+                // Cut while it connected: closed too.
+                if !o.load(Ordering::SeqCst) {
+                    continue;
+                }
+                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                held.extend([client, upstream]);
+            }
+        });
+        TcpProxy { port, open, stop, conns, accepting: Some(accepting) }
+    }
+
+    /// Closes every connection through it and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accepting.take() {
+            let _ = t.join();
+        }
+    }
+}
