@@ -124,7 +124,9 @@ fn probe_args(args: &[String]) -> Result<ProbeArgs, String> {
                 Some(v) => v.clone(),
                 None => it.next().ok_or(format!("{name} needs a number of milliseconds"))?.clone(),
             };
-            v.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("{name}: {v:?} is not a number of milliseconds"))
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("{name}: {v:?} is not a number of milliseconds"))
         };
         match name {
             "--warn-ms" => warn = Some(ms(name)?),
@@ -282,9 +284,12 @@ mod tests {
         );
         let (code, line) = probe_verdict(&report(&all, true, None), Some(Duration::ZERO), Some(Duration::from_secs(1)));
         assert_eq!(code, PROBE_WARNING);
-        assert!(line.starts_with("WARNING - connect 3.1 ms, synced 1.2 ms, ping 0.4 ms: total 4.7 ms over --warn-ms 0 | "));
+        assert!(
+            line.starts_with("WARNING - connect 3.1 ms, synced 1.2 ms, ping 0.4 ms: total 4.7 ms over --warn-ms 0 | ")
+        );
         assert!(line.ends_with(" total=4.7ms;0.0;1000.0;0"), "{line}");
-        let (code, line) = probe_verdict(&report(&all, true, None), Some(Duration::ZERO), Some(Duration::from_millis(4)));
+        let (code, line) =
+            probe_verdict(&report(&all, true, None), Some(Duration::ZERO), Some(Duration::from_millis(4)));
         assert_eq!(code, PROBE_CRITICAL);
         assert!(line.starts_with("CRITICAL - ") && line.contains("over --crit-ms 4"), "{line}");
         let (code, line) = probe_verdict(&report(&all, false, None), None, None);

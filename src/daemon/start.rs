@@ -208,7 +208,10 @@ async fn health_probe(shared: Arc<Shared>, bridge: Sender<Sender<()>>) {
         let now = (h.hub_ok, h.bridge_ok);
         for (part, before, ok) in [("the hub", was.0, now.0), ("the MQTT bridge", was.1, now.1)] {
             if before && !ok {
-                warn!("health: {part} has not answered for {:?}; /healthz answers 503", crate::listener::health::STALE_AFTER);
+                warn!(
+                    "health: {part} has not answered for {:?}; /healthz answers 503",
+                    crate::listener::health::STALE_AFTER
+                );
             } else if !before && ok {
                 info!("health: {part} answers again");
             }

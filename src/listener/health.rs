@@ -115,7 +115,11 @@ mod tests {
         let late = STALE_AFTER + Duration::from_millis(1);
         let hub = assess(late, FRESH, true, false, 0);
         assert!(!hub.healthy() && !hub.hub_ok && hub.bridge_ok);
-        assert!(hub.json().starts_with("{\"status\":\"fail\",\"hub\":\"stalled\",\"bridge\":\"ok\","), "{}", hub.json());
+        assert!(
+            hub.json().starts_with("{\"status\":\"fail\",\"hub\":\"stalled\",\"bridge\":\"ok\","),
+            "{}",
+            hub.json()
+        );
         let bridge = assess(FRESH, late, true, false, 0);
         assert!(!bridge.healthy());
         assert!(bridge.json().contains("\"hub\":\"ok\",\"bridge\":\"stalled\""));
