@@ -209,10 +209,14 @@ fn the_websocket_health_check_is_rate_limited_per_address() {
     assert!(shared, "a /ws connection did not take from the health check's bucket");
 }
 
-/// `edgepush probe ARGS`, with `env` set, run to its end.
+/// `edgepush probe ARGS`, with `env` set (and nothing else of ours), run to its end.
 fn probe(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = edgepush_command();
     cmd.arg("probe").args(args).env_remove("EDGEPUSH_TOKEN").env_remove("EDGEPUSH_CA");
+    if !args.iter().any(|a| a.starts_with("--timeout-ms")) {
+        // The default 10 s, scaled for emulation.
+        cmd.args(["--timeout-ms", &scaled(10_000).as_millis().to_string()]);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
