@@ -14,6 +14,7 @@ USAGE:
     edgepush check-config [--config FILE] [--board NAME]
     edgepush hash-token < TOKEN
     edgepush watch URL [FILTER...]   (URL: ws://HOST:PORT/ws or wss://...)
+    edgepush probe URL [FILTER] [--warn-ms N] [--crit-ms N] [--timeout-ms N]
     edgepush demo [--listen ADDR] [--broker HOST:PORT]
     edgepush --help | --version
 
@@ -27,13 +28,21 @@ COMMANDS:
                   event: `topic seq value`. Filters default to '#'. A token is
                   taken from EDGEPUSH_TOKEN; for wss://, EDGEPUSH_CA names the
                   PEM certificate (the server's, or its CA) to trust.
+    probe         A monitoring check (Nagios, Icinga, monit, HEALTHCHECK): connect
+                  to URL, subscribe to FILTER (default '#') until Synced, and a
+                  Ping/Pong round trip through the hub. Prints one line with each
+                  step's time and perfdata. Exits 0 OK, 1 WARNING (total over
+                  --warn-ms), 2 CRITICAL (a step failed, the server's broker link
+                  is down, total over --crit-ms, or past --timeout-ms, default
+                  10000), 3 UNKNOWN (bad arguments). EDGEPUSH_TOKEN and
+                  EDGEPUSH_CA as for watch.
     demo          The whole pipeline on one machine: an embedded MQTT broker (or
                   --broker), a simulated sensor fleet, and the server with its
                   dashboard on 127.0.0.1:8080 (or --listen). Not in gateway builds.
 
 EXIT CODES:
     0 success, 1 runtime failure, 3 watch refused (the HTTP status is printed),
-    64 bad arguments, 78 bad config.
+    64 bad arguments, 78 bad config; probe: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 ";
 
 fn run_options(args: &[String]) -> Result<RunOptions, String> {
@@ -67,6 +76,7 @@ fn main() -> ExitCode {
         "run" => run_options(rest).map(|o| daemon::run(&o)),
         "check-config" => run_options(rest).map(|o| cli::check_config(&o)),
         "watch" => return cli::watch(rest),
+        "probe" => return cli::probe(rest),
         "hash-token" => return cli::hash_token(rest),
         #[cfg(feature = "demo")]
         "demo" => edgepush::demo::run(rest),

@@ -20,6 +20,7 @@ use crate::bridge;
 use crate::config::Config;
 use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig, Publish};
 use crate::listener::admission::Admission;
+use crate::listener::health::{Liveness, PROBE_EVERY};
 use crate::listener::{accept_loop, Live, Shared};
 use crate::metrics::Metrics;
 
@@ -91,31 +92,18 @@ impl Running {
 
     /// Pings the service manager's watchdog every `period`, but only while the
     /// server really works: each ping follows a round trip through the hub's
-    /// loop and the MQTT bridge's thread, run from a task on the executor. A
-    /// wedged executor, hub or bridge stops the pings.
+    /// loop and the MQTT bridge's thread ([`probe_round`], the one `/healthz`
+    /// relies on), run from a task on the executor. A wedged executor, hub or
+    /// bridge stops the pings.
     pub fn watchdog(&self, period: Duration, ping: impl Fn() + Send + 'static) {
-        let hub = self.shared.hub.clone();
+        let shared = self.shared.clone();
         let bridge = self.bridge_probe.clone();
         self.ex
             .spawn(async move {
                 let mut quiet = false;
                 loop {
                     Timer::after(period).await;
-                    let (tx, rx) = async_channel::bounded::<()>(2);
-                    let round = async {
-                        hub.send(HubCmd::Probe(tx.clone())).await.ok()?;
-                        bridge.send(tx).await.ok()?;
-                        rx.recv().await.ok()?;
-                        rx.recv().await.ok()
-                    };
-                    let answered = round
-                        .or(async {
-                            Timer::after(period).await;
-                            None
-                        })
-                        .await
-                        .is_some();
-                    if answered {
+                    if probe_round(&shared, &bridge, period).await {
                         ping();
                         if std::mem::take(&mut quiet) {
                             info!("watchdog: hub and bridge answer again");
@@ -204,6 +192,61 @@ impl Running {
     }
 }
 
+/// One probe: a round trip through the hub's loop and one through the MQTT
+/// bridge's thread, each recorded in `shared.liveness` when it answers (late
+/// answers too). True when both answered within `limit`.
+async fn probe_round(shared: &Shared, bridge: &Sender<Sender<()>>, limit: Duration) -> bool {
+    let hub_trip = async {
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        shared.hub.send(HubCmd::Probe(tx)).await.ok()?;
+        rx.recv().await.ok()?;
+        shared.liveness.hub_answered();
+        Some(())
+    };
+    let bridge_trip = async {
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        bridge.send(tx).await.ok()?;
+        rx.recv().await.ok()?;
+        shared.liveness.bridge_answered();
+        Some(())
+    };
+    let both = async {
+        let (hub, bridge) = smol::future::zip(hub_trip, bridge_trip).await;
+        hub.and(bridge)
+    };
+    both.or(async {
+        Timer::after(limit).await;
+        None
+    })
+    .await
+    .is_some()
+}
+
+/// Probes the hub and the bridge every [`PROBE_EVERY`], with or without a
+/// service manager's watchdog, so `/healthz` knows when they last answered;
+/// logs when a part stalls and when it answers again.
+async fn health_probe(shared: Arc<Shared>, bridge: Sender<Sender<()>>) {
+    let mut was = (true, true);
+    loop {
+        Timer::after(PROBE_EVERY).await;
+        // A late answer still counts when it comes: wait up to the stale bound.
+        probe_round(&shared, &bridge, crate::listener::health::STALE_AFTER).await;
+        let h = shared.health();
+        let now = (h.hub_ok, h.bridge_ok);
+        for (part, before, ok) in [("the hub", was.0, now.0), ("the MQTT bridge", was.1, now.1)] {
+            if before && !ok {
+                warn!(
+                    "health: {part} has not answered for {:?}; /healthz answers 503",
+                    crate::listener::health::STALE_AFTER
+                );
+            } else if !before && ok {
+                info!("health: {part} answers again");
+            }
+        }
+        was = now;
+    }
+}
+
 /// [`Running::reload`]: all of it or nothing. The hub's part goes first, as
 /// the one step that can fail for want of room; the rest cannot fail.
 fn apply_reload(s: &Shared, cfg: &Config) -> Result<(), String> {
@@ -278,6 +321,7 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
         next_conn: AtomicU64::new(1),
         handshaking: AtomicUsize::new(0),
         busy_answers: AtomicUsize::new(0),
+        liveness: Liveness::new(),
     });
     wedge_hook(&shared);
 
@@ -293,6 +337,7 @@ pub fn start_on(cfg: &Config, listener: TcpListener, threads: usize) -> io::Resu
     let ex = Arc::new(Executor::new());
     ex.spawn(accept_loop(listener, shared.clone(), ex.clone(), stop_accept_rx)).detach();
     ex.spawn(give_back_memory(metrics.clone())).detach();
+    ex.spawn(health_probe(shared.clone(), bridge_probe.clone())).detach();
 
     let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     let mut handles = Vec::with_capacity(n);
@@ -352,6 +397,7 @@ mod tests {
             next_conn: AtomicU64::new(1),
             handshaking: AtomicUsize::new(0),
             busy_answers: AtomicUsize::new(0),
+            liveness: Liveness::new(),
         }
     }
 

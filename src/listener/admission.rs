@@ -89,6 +89,17 @@ impl Admission {
         Ok(Slot { admission: self.clone(), ip })
     }
 
+    /// Takes one of `ip`'s new connections per second without a slot: the
+    /// health upgrade is rate-limited like every connection attempt but holds
+    /// no cap (it closes at once).
+    pub fn try_rate(&self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.lock().rate.take(canonical(ip), Instant::now()) {
+            Ok(())
+        } else {
+            Err(Refusal::Rate)
+        }
+    }
+
     /// Takes one of `token`'s `max` connections, or refuses (429).
     pub fn try_admit_token(self: &Arc<Self>, token: &Arc<str>, max: usize) -> Result<TokenSlot, Refusal> {
         let mut c = self.lock();
@@ -260,5 +271,16 @@ mod tests {
         drop(slots);
         assert_eq!(a.try_admit(ip).err(), Some(Refusal::Rate), "closing them does not give the rate back");
         assert!(a.try_admit(other).is_ok(), "another address has its own bucket");
+    }
+
+    #[test]
+    fn a_rate_token_without_a_slot() {
+        let a = Admission::new(1, 1, 2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let _held = a.try_admit(ip).unwrap();
+        assert_eq!(a.try_rate(ip), Ok(()), "caps do not apply");
+        assert_eq!(a.try_rate(ip), Err(Refusal::Rate), "the address's rate does");
+        assert_eq!(a.total(), 1);
+        assert_eq!(a.try_rate("::ffff:10.0.0.2".parse().unwrap()), Ok(()));
     }
 }

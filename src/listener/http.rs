@@ -159,6 +159,11 @@ impl<'a> Head<'a> {
         self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     }
 
+    /// Whether the request asks for a WebSocket (`Upgrade: websocket`).
+    pub fn wants_websocket(&self) -> bool {
+        self.all("upgrade").any(|v| has_token(v, "websocket"))
+    }
+
     /// The RFC 6455 checks, in the order docs/PROTOCOL.md §2.4 gives the statuses.
     pub fn check_upgrade(&self) -> Result<Upgrade, Reject> {
         let upgrade = self.all("upgrade").any(|v| has_token(v, "websocket"));

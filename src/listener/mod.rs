@@ -4,6 +4,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod auth;
+pub(crate) mod health;
 pub(crate) mod http;
 mod routes;
 
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) handshaking: AtomicUsize,
     /// Sockets being answered 503 past the pending-head cap (`answer_busy`).
     pub(crate) busy_answers: AtomicUsize,
+    /// When the hub and the MQTT bridge last answered the daemon's probe.
+    pub(crate) liveness: health::Liveness,
 }
 
 /// The per-connection settings from the config, swapped whole on reload.
@@ -100,6 +103,19 @@ impl Live {
 impl Shared {
     pub(crate) fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The health `/healthz` reports, as of now.
+    pub(crate) fn health(&self) -> health::Report {
+        let (hub, bridge) = self.liveness.ages();
+        let m = &self.metrics;
+        health::assess(
+            hub,
+            bridge,
+            m.broker_up.load(Relaxed),
+            self.shutting_down.load(Relaxed),
+            m.connections.load(Relaxed),
+        )
     }
 }
 
@@ -385,6 +401,23 @@ async fn handshake_phase(
                     reply(403, reason)
                 }
                 Err(Reject { status, reason }) => reply(status, reason),
+            }
+        }
+        (Ok(head), _, "/healthz") if head.wants_websocket() => {
+            // The health upgrade: rate-limited, but no slot of any cap.
+            match shared.admission.try_rate(peer.ip()) {
+                Err(refusal) => {
+                    m.refused(refusal);
+                    debug!("{peer}: health upgrade refused ({refusal:?})");
+                    reply(429, "too many connections from your address")
+                }
+                Ok(()) => match head.check_upgrade() {
+                    Ok(upgrade) => routes::healthz_upgrade(&upgrade, shared),
+                    Err(Reject { status: 426, reason }) => {
+                        http::error_response(426, reason, &[("Sec-WebSocket-Version", "13")])
+                    }
+                    Err(Reject { status, reason }) => reply(status, reason),
+                },
             }
         }
         (_, _, path) => routes::get(path, shared),

@@ -1,7 +1,5 @@
 //! What the listener answers beside `/ws`: the embedded dashboard,
-//! `/healthz` and `/metrics`.
-
-use std::sync::atomic::Ordering::Relaxed;
+//! `/healthz` (plain, and as a WebSocket upgrade) and `/metrics`.
 
 use super::{http, Shared};
 
@@ -29,22 +27,55 @@ pub(super) fn get(path: &str, shared: &Shared) -> Vec<u8> {
     }
 }
 
+/// `GET /healthz`: 200 with the health JSON while healthy, else 503 with it.
 fn healthz(shared: &Shared) -> Vec<u8> {
-    let up = shared.metrics.broker_up.load(Relaxed);
-    let stopping = shared.shutting_down.load(Relaxed);
-    let status = if stopping {
-        "shutting_down"
-    } else if up {
-        "ok"
-    } else {
-        "broker_down"
-    };
-    let body = format!(
-        "{{\"status\":\"{status}\",\"broker_up\":{up},\"connections\":{}}}\n",
-        shared.metrics.connections.load(Relaxed)
-    );
-    let code = if status == "ok" { 200 } else { 503 };
-    http::response(code, "application/json", &[], body.as_bytes())
+    let report = shared.health();
+    let code = if report.healthy() { 200 } else { 503 };
+    http::response(code, "application/json", &[], report.json().as_bytes())
+}
+
+/// `GET /healthz` with `Upgrade: websocket` (docs/PROTOCOL.md §2.8): while
+/// healthy, 101, the health JSON as one binary message, and a close 1000, all
+/// in one write; otherwise the same 503 as a plain `GET /healthz`.
+pub(super) fn healthz_upgrade(upgrade: &http::Upgrade, shared: &Shared) -> Vec<u8> {
+    let report = shared.health();
+    if !report.healthy() {
+        return healthz(shared);
+    }
+    let mut out = http::switching_protocols(upgrade);
+    push_frame(&mut out, 0x2, report.json().as_bytes());
+    push_frame(&mut out, 0x8, &1000u16.to_be_bytes());
+    out
+}
+
+/// One unmasked, final server frame (RFC 6455 §5.2) of at most 64 KiB.
+fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match u16::try_from(payload.len()) {
+        Ok(n) if n < 126 => out.push(n as u8),
+        Ok(n) => {
+            out.push(126);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => unreachable!("health messages are small"),
+    }
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_final_unmasked_with_their_length() {
+        let mut out = Vec::new();
+        push_frame(&mut out, 0x8, &1000u16.to_be_bytes());
+        assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
+        let mut out = Vec::new();
+        push_frame(&mut out, 0x2, &[7; 200]);
+        assert_eq!(&out[..4], &[0x82, 126, 0, 200]);
+        assert_eq!(out.len(), 4 + 200);
+    }
 }
 
 #[cfg(test)]

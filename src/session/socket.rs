@@ -71,8 +71,16 @@ impl AsyncWrite for Raw {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    /// Flushes and half-closes: async-io's close of a TCP stream only
+    /// flushes, so the peer would not see the end of what was sent (and
+    /// [`linger`] would hold a connection for its whole grace).
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_close(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.io).poll_close(cx))?;
+        match this.io.get_ref().shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
     }
 }
 

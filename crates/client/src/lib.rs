@@ -1,5 +1,5 @@
 //! A Rust client of the edgepush protocol (version 1, `docs/PROTOCOL.md`):
-//! the `watch` command, probes, tests and the load tool use it. [`Client`] is one connection; [`Follower`] keeps a
+//! the `watch` and `probe` commands ([`probe()`]), tests and the load tool use it. [`Client`] is one connection; [`Follower`] keeps a
 //! subscription across reconnects (backoff with full jitter, resume, a dead
 //! server noticed within 2.5 × `heartbeat_ms`) and accounts for every event in
 //! a [`Ledger`].
@@ -42,11 +42,13 @@
 
 pub mod follow;
 pub mod ledger;
+pub mod probe;
 pub mod stream;
 
 pub use edgepush_protocol::backoff::Backoff;
 pub use follow::{FollowStats, Follower, Update};
 pub use ledger::{Fate, Ledger};
+pub use probe::{probe, ProbeReport, Step};
 pub use stream::{trusting, ClientStream, MaybeTls};
 
 use std::collections::{HashMap, VecDeque};
