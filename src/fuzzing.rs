@@ -68,6 +68,7 @@ fn authenticator() -> &'static Authenticator {
                 max_connections: None,
             }],
             allowed_origins: None,
+            jwt: None,
         })
     })
 }
