@@ -10,7 +10,7 @@
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
 
-use crate::config::jwt::{Alg, Material};
+use crate::config::jwt::Material;
 use crate::config::Jwt;
 use crate::listener::json::{self, Json};
 use edgepush_protocol::{topic, Permissions};
@@ -198,7 +198,7 @@ pub fn b64url(s: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::jwt::KeyFile;
+    use crate::config::jwt::{Alg, KeyFile};
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
