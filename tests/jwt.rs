@@ -80,7 +80,8 @@ impl Signer {
 
     /// A token with `claims`, its header naming `alg`.
     fn sign_as(&self, alg: &str, claims: &str) -> String {
-        let input = format!("{}.{}", b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes()), b64(claims.as_bytes()));
+        let input =
+            format!("{}.{}", b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes()), b64(claims.as_bytes()));
         let sig = match self {
             Signer::Hs(k) => ring::hmac::sign(k, input.as_bytes()).as_ref().to_vec(),
             Signer::Ed(k) => k.sign(input.as_bytes()).as_ref().to_vec(),
@@ -101,7 +102,10 @@ fn in_s(ds: i64) -> i64 {
 
 /// Claims for `sub`, valid for an hour, for audience `edgepush`, subscribing within `sensors/#`.
 fn claims(sub: &str) -> String {
-    format!(r#"{{"sub":"{sub}","aud":"edgepush","iss":"portal","exp":{},"edgepush_subscribe":["sensors/#"]}}"#, in_s(3600))
+    format!(
+        r#"{{"sub":"{sub}","aud":"edgepush","iss":"portal","exp":{},"edgepush_subscribe":["sensors/#"]}}"#,
+        in_s(3600)
+    )
 }
 
 /// The config: `[auth.jwt]` with the key at `key`, and one static token.
@@ -193,7 +197,10 @@ fn expired_tampered_misaddressed_and_other_algorithm_tokens_get_401() {
     let aud = r#","aud":"edgepush""#;
     // The claims of a good token swapped for wider ones, its signature kept.
     let parts: Vec<&str> = good.split('.').collect();
-    let wider = format!(r##"{{"sub":"wall","aud":"edgepush","iss":"portal","exp":{},"edgepush_subscribe":["#"]}}"##, in_s(3600));
+    let wider = format!(
+        r##"{{"sub":"wall","aud":"edgepush","iss":"portal","exp":{},"edgepush_subscribe":["#"]}}"##,
+        in_s(3600)
+    );
     let tampered = format!("{}.{}.{}", parts[0], b64(wider.as_bytes()), parts[2]);
     let other_key = Signer::new("ES256", &scratch_dir("jwt-other").join("k"));
     // HS256 with the server's public key file as the secret: the classic confusion.
@@ -228,7 +235,9 @@ fn a_connection_is_closed_with_1008_when_its_token_expires() {
     let (server, addr, signer, _) = start(&broker, "EdDSA", 0);
     // Long enough to connect and subscribe, even under emulation.
     let exp = (now_ms() + scaled(3000).as_millis() as u64).div_ceil(1000);
-    let token = signer.sign(&format!(r##"{{"sub":"short","aud":"edgepush","iss":"portal","exp":{exp},"edgepush_subscribe":["#"]}}"##));
+    let token = signer.sign(&format!(
+        r##"{{"sub":"short","aud":"edgepush","iss":"portal","exp":{exp},"edgepush_subscribe":["#"]}}"##
+    ));
     block_on_timeout(30_000, "the expiry", async {
         let mut c = timeout(10_000, "connect", Client::connect(&with_token(&format!("ws://{addr}/ws"), &token)))
             .await
@@ -272,7 +281,9 @@ fn a_reload_rereads_the_key_file_and_a_misfit_key_is_a_config_error() {
     let dir = scratch_dir("jwt-bad");
     let ed = dir.join("ed.pem");
     std::fs::write(&ed, &pem).unwrap();
-    for (alg, why) in [("ES256", "auth.jwt.key: "), ("ES256", "holds an Ed25519 key; algorithm ES256 needs a P-256 key")] {
+    for (alg, why) in
+        [("ES256", "auth.jwt.key: "), ("ES256", "holds an Ed25519 key; algorithm ES256 needs a P-256 key")]
+    {
         let path = write_config(&dir, &config_text(broker.port, alg, &ed, 30));
         let out = edgepush_command().args(["check-config", "--config"]).arg(&path).output().unwrap();
         assert_eq!(out.status.code(), Some(78));

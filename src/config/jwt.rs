@@ -76,8 +76,8 @@ pub const MIN_SECRET_BYTES: usize = 32;
 const ED25519_SPKI: &[u8] = &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 /// SubjectPublicKeyInfo of a P-256 key, before its 65-byte uncompressed point.
 const P256_SPKI: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-    0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
+    0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 /// Object identifiers, to name a key of the wrong kind.
 const OID_EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -109,7 +109,8 @@ pub fn read(path: &Path, alg: Alg) -> Result<Loaded, String> {
         Alg::EdDsa | Alg::Es256 => {
             let der = SubjectPublicKeyInfoDer::from_pem_slice(&bytes).map_err(|_| {
                 let private = bytes.windows(11).any(|w| w == b"PRIVATE KEY");
-                let hint = if private { " (it holds a private key: `openssl pkey -pubout` gives the public one)" } else { "" };
+                let hint =
+                    if private { " (it holds a private key: `openssl pkey -pubout` gives the public one)" } else { "" };
                 format!("{p} holds no PEM public key (-----BEGIN PUBLIC KEY-----){hint}")
             })?;
             let der: &[u8] = der.as_ref();
@@ -117,7 +118,9 @@ pub fn read(path: &Path, alg: Alg) -> Result<Loaded, String> {
             match (alg, der.strip_prefix(ED25519_SPKI), der.strip_prefix(P256_SPKI)) {
                 (Alg::EdDsa, Some(k), _) if k.len() == 32 => Material::Ed25519(k.to_vec()),
                 (Alg::Es256, _, Some(k)) if k.len() == 65 && k[0] == 4 => Material::P256(k.to_vec()),
-                (_, Some(_), _) => return Err(format!("{p} holds an Ed25519 key; algorithm {} needs {want}", alg.name())),
+                (_, Some(_), _) => {
+                    return Err(format!("{p} holds an Ed25519 key; algorithm {} needs {want}", alg.name()))
+                }
                 (_, _, Some(_)) => return Err(format!("{p} holds a P-256 key; algorithm {} needs {want}", alg.name())),
                 _ => {
                     let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);

@@ -5,7 +5,8 @@
 //! (`boards/<name>.toml`, embedded in the binary), then the config file.
 //! Every key is declared once, in [`keys`]. Parsing ([`Config::from_toml`])
 //! reads no files; [`Config::load`] reads the config file and then the files
-//! it names (the TLS certificate and key) once, and keeps what they hold.
+//! it names (the TLS certificate and key, the JWT key) once, and keeps what
+//! they hold.
 
 pub(crate) mod board;
 pub(crate) mod jwt;
@@ -658,11 +659,17 @@ mod tests {
             e.problems.into_iter().map(|p| format!("{}: {}", p.key, p.reason)).collect::<Vec<_>>()
         };
         let p = keys("[auth.jwt]\n");
-        assert!(p[0].starts_with("auth.jwt.key: is required") && p[1].starts_with("auth.jwt.algorithm: is required"), "{p:?}");
+        assert!(
+            p[0].starts_with("auth.jwt.key: is required") && p[1].starts_with("auth.jwt.algorithm: is required"),
+            "{p:?}"
+        );
         assert_eq!(p.len(), 2);
         let p = keys("[auth.jwt]\nkey = \"/k\"\nalgorithm = \"RS256\"\nleeway-s = 9999\ncolour = 1\n");
         assert_eq!(p.len(), 3, "{p:?}");
-        assert!(p[0].starts_with("auth.jwt.algorithm: must be \"HS256\", \"EdDSA\" or \"ES256\", got \"RS256\""), "{p:?}");
+        assert!(
+            p[0].starts_with("auth.jwt.algorithm: must be \"HS256\", \"EdDSA\" or \"ES256\", got \"RS256\""),
+            "{p:?}"
+        );
         assert!(p[1].starts_with("auth.jwt.leeway-s: must be an integer from 0 to 300"), "{p:?}");
         assert_eq!(p[2], "auth.jwt.colour: unknown key");
         assert_eq!(keys("[auth]\njwt = 3\n"), vec!["auth.jwt: must be a table, got 3".to_string()]);

@@ -240,7 +240,10 @@ mod tests {
         let token = format!("{input}.{}", b64(ring::hmac::sign(&k, input.as_bytes()).as_ref()));
         let id = with_jwt.check_at(Some(token.as_bytes()), 1_999_999_999_000).ok().unwrap();
         assert_eq!((id.name.as_deref(), id.expires_ms, id.max_connections), (Some("s"), Some(2_000_000_000_000), None));
-        assert_eq!(with_jwt.check_at(Some(token.as_bytes()), 2_000_000_000_000).err(), Some(Denied::Jwt(Rejected::Expired)));
+        assert_eq!(
+            with_jwt.check_at(Some(token.as_bytes()), 2_000_000_000_000).err(),
+            Some(Denied::Jwt(Rejected::Expired))
+        );
     }
 
     /// base64url without padding (the server only decodes).

@@ -142,7 +142,10 @@ pub fn verify(cfg: &Jwt, key: &Material, token: &[u8], now_ms: u64) -> Result<Cl
         Some(Json::Str(s)) => Some(s.clone()),
         Some(_) => return Err(Rejected::Claim),
     };
-    let perms = Permissions { subscribe: filters(&claims, "edgepush_subscribe")?, publish: filters(&claims, "edgepush_publish")? };
+    let perms = Permissions {
+        subscribe: filters(&claims, "edgepush_subscribe")?,
+        publish: filters(&claims, "edgepush_publish")?,
+    };
     Ok(Claims { sub, expires_ms, perms })
 }
 
@@ -280,7 +283,10 @@ mod tests {
         // The claims changed after signing: wider scopes.
         let (head, rest) = t.split_once('.').unwrap();
         let sig = rest.split_once('.').unwrap().1;
-        let forged = format!("{head}.{}.{sig}", enc(format!(r##"{{"sub":"wall","exp":{EXP},"edgepush_subscribe":["#"]}}"##).as_bytes()));
+        let forged = format!(
+            "{head}.{}.{sig}",
+            enc(format!(r##"{{"sub":"wall","exp":{EXP},"edgepush_subscribe":["#"]}}"##).as_bytes())
+        );
         assert_eq!(check(&c, &forged), Err(Rejected::Signature));
         // One signature bit flipped.
         let mut bytes = b64url(sig.as_bytes()).unwrap();
@@ -289,11 +295,15 @@ mod tests {
         assert_eq!(check(&c, &flipped), Err(Rejected::Signature));
         // Another key.
         let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"another secret of thirty-two bytes!");
-        let t2 = token(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{EXP}}}"#), &|m| ring::hmac::sign(&other, m).as_ref().to_vec());
+        let t2 = token(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{EXP}}}"#), &|m| {
+            ring::hmac::sign(&other, m).as_ref().to_vec()
+        });
         assert_eq!(check(&c, &t2), Err(Rejected::Signature));
         // alg none, with or without a signature, and other algs, and no alg.
         let claims = format!(r#"{{"exp":{EXP}}}"#);
-        for header in [r#"{"alg":"none"}"#, r#"{"alg":"HS512"}"#, r#"{"alg":"EdDSA"}"#, r#"{"alg":"hs256"}"#, r#"{"typ":"JWT"}"#] {
+        for header in
+            [r#"{"alg":"none"}"#, r#"{"alg":"HS512"}"#, r#"{"alg":"EdDSA"}"#, r#"{"alg":"hs256"}"#, r#"{"typ":"JWT"}"#]
+        {
             let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET);
             let signed = token(header, &claims, &|m| ring::hmac::sign(&k, m).as_ref().to_vec());
             assert_eq!(check(&c, &signed), Err(Rejected::Algorithm), "{header}");
@@ -301,7 +311,8 @@ mod tests {
             assert_eq!(check(&c, &unsigned), Err(Rejected::Algorithm), "{header}");
         }
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET);
-        let crit = token(r#"{"alg":"HS256","crit":["x"],"x":1}"#, &claims, &|m| ring::hmac::sign(&k, m).as_ref().to_vec());
+        let crit =
+            token(r#"{"alg":"HS256","crit":["x"],"x":1}"#, &claims, &|m| ring::hmac::sign(&k, m).as_ref().to_vec());
         assert_eq!(check(&c, &crit), Err(Rejected::Algorithm));
     }
 
@@ -335,7 +346,10 @@ mod tests {
         assert_eq!(t(r#","iss":"evil","aud":"edgepush""#), Err(Rejected::Issuer));
         assert_eq!(t(r#","aud":"edgepush""#), Err(Rejected::Issuer));
         // Not configured: not checked.
-        assert_eq!(check(&cfg(Alg::Hs256), &hs(&format!(r#"{{"exp":{EXP},"iss":"x","aud":"y"}}"#))).map(|_| ()), Ok(()));
+        assert_eq!(
+            check(&cfg(Alg::Hs256), &hs(&format!(r#"{{"exp":{EXP},"iss":"x","aud":"y"}}"#))).map(|_| ()),
+            Ok(())
+        );
     }
 
     #[test]
