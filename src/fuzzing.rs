@@ -11,6 +11,7 @@ use crate::hub::index::FilterIndex;
 use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
 use crate::listener::auth::{sha256, Authenticator};
 use crate::listener::http::{self, Head, HeadError};
+use crate::listener::{json, jwt as token};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use edgepush_protocol::origin;
@@ -23,7 +24,7 @@ pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/` and `fuzz/regressions/` name them.
 pub const TARGETS: &[(&str, Target)] =
-    &[("client_msg", client_msg), ("http_head", http_head), ("topic", topic), ("value", value)];
+    &[("client_msg", client_msg), ("http_head", http_head), ("jwt", jwt), ("topic", topic), ("value", value)];
 
 /// ClientMsg decoding and the hub's handling of what decodes: the input is a
 /// sequence of `[len: u8][bytes]` chunks, each one client message from one
@@ -68,6 +69,7 @@ fn authenticator() -> &'static Authenticator {
                 max_connections: None,
             }],
             allowed_origins: None,
+            jwt: None,
         })
     })
 }
@@ -151,4 +153,48 @@ pub fn value(data: &[u8]) {
     let frame = edgepush_protocol::ServerMsg::encode_event(7, 9, 11, &bytes);
     let msgs = ServerMsg::decode_all(&frame).expect("an event frame decodes");
     assert_eq!(msgs.len(), 1);
+}
+
+/// JWT checks and the JSON and base64url decoders under them. Input with a
+/// newline is `header JSON \n claims JSON`, signed here with the HS256 key
+/// so the claim checks are reached; otherwise it is the token itself.
+pub fn jwt(data: &[u8]) {
+    use crate::config::jwt::{Alg, KeyFile, Material};
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000_000;
+    let cfg = crate::config::Jwt {
+        key: KeyFile::default(),
+        algorithm: Some(Alg::Hs256),
+        issuer: Some("portal".into()),
+        audience: Some("edgepush".into()),
+        leeway_s: 30,
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET);
+    let _ = json::parse(data);
+    let _ = token::b64url(data);
+    let presented = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let input = format!("{}.{}", b64url(&data[..i]), b64url(&data[i + 1..]));
+            let sig = ring::hmac::sign(&key, input.as_bytes());
+            format!("{input}.{}", b64url(sig.as_ref())).into_bytes()
+        }
+        None => data.to_vec(),
+    };
+    if let Ok(c) = token::verify(&cfg, &Material::Hmac(key), &presented, NOW) {
+        assert!(c.expires_ms > NOW);
+        assert!(c.perms.subscribe.iter().chain(&c.perms.publish).all(|f| validate_filter(f).is_ok()));
+    }
+}
+
+/// Unpadded base64url, for the fuzz target's tokens.
+fn b64url(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(b.len() / 3 * 4 + 4);
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 
 use toml::{Table, Value as Toml};
 
+use super::jwt::{Alg, KeyFile};
 use super::{AuthMode, Problem, Secret, Token};
 use edgepush_protocol::topic;
 
@@ -165,6 +166,26 @@ section! {
         allowed_origins: Option<Vec<String>> = "allowed-origins", origins(), None;
         /// `[[auth.tokens]]`.
         tokens: Vec<Token> = "tokens", tokens(), vec![];
+        /// `[auth.jwt]`: signed, expiring tokens beside the static ones.
+        jwt: Option<Jwt> = "jwt", jwt(), None;
+    }
+}
+
+section! {
+    /// `[auth.jwt]`: signed, expiring tokens (JWT). `key` and `algorithm` are
+    /// required once the section is written.
+    Jwt = "auth.jwt" {
+        /// HS256: a file holding the shared secret; EdDSA or ES256: the PEM public key.
+        key: KeyFile = "key", key_file(), KeyFile::default();
+        /// What the token's `alg` must be: "HS256", "EdDSA" or "ES256".
+        algorithm: Option<Alg> = "algorithm", jwt_alg(), None;
+        /// When set, the token's `iss` must be this.
+        issuer: Option<String> = "issuer", opt_string(), None;
+        /// When set, the token's `aud` must be or contain this.
+        audience: Option<String> = "audience", opt_string(), None;
+        /// Clock skew allowed on `exp` and `nbf`: gateway clocks drift, and
+        /// half a minute is the usual allowance; at most 5 minutes.
+        leeway_s: u64 = "leeway-s", int(0, 300), 30;
     }
 }
 
@@ -252,6 +273,27 @@ impl Render for SocketAddr {
 impl Render for AuthMode {
     fn render(&self) -> Option<Toml> {
         Some(Toml::String(if *self == AuthMode::None { "none" } else { "tokens" }.into()))
+    }
+}
+
+impl Render for KeyFile {
+    fn render(&self) -> Option<Toml> {
+        let p = self.path.display().to_string();
+        (!p.is_empty()).then_some(Toml::String(p))
+    }
+}
+
+impl Render for Alg {
+    fn render(&self) -> Option<Toml> {
+        Some(Toml::String(self.name().into()))
+    }
+}
+
+impl Render for Jwt {
+    fn render(&self) -> Option<Toml> {
+        let mut t = Table::new();
+        Jwt::render(self, &mut t);
+        Some(Toml::Table(t))
     }
 }
 
@@ -519,6 +561,49 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// `[auth.jwt]`, when written: its keys, `key` and `algorithm` required.
+    fn jwt(&mut self, k: &'static str, slot: &mut Option<Jwt>) {
+        match self.table.get(k) {
+            None => return,
+            Some(Toml::Table(_)) => {}
+            // Reported as not a table, and nothing more.
+            Some(_) => return self.sub(k).finish(),
+        }
+        let mut s = self.sub(k);
+        s.name = Jwt::TABLE;
+        let mut jwt = Jwt::default();
+        jwt.apply(&mut s);
+        if jwt.key.path.as_os_str().is_empty() {
+            s.bad("key", "is required: the HS256 secret's file, or the EdDSA or ES256 public key's (PEM)".into());
+        }
+        if jwt.algorithm.is_none() && !s.problems.iter().any(|p| p.key == "auth.jwt.algorithm") {
+            s.bad("algorithm", "is required: \"HS256\", \"EdDSA\" or \"ES256\"".into());
+        }
+        s.finish();
+        *slot = Some(jwt);
+    }
+
+    fn key_file(&mut self, k: &str, slot: &mut KeyFile) {
+        let mut path = None;
+        self.opt_string(k, &mut path);
+        match path {
+            Some(p) if p.is_empty() => self.bad(k, "must not be empty".into()),
+            Some(p) => slot.path = p.into(),
+            None => {}
+        }
+    }
+
+    fn jwt_alg(&mut self, k: &str, slot: &mut Option<Alg>) {
+        let mut name = None;
+        self.opt_string(k, &mut name);
+        if let Some(n) = name {
+            match Alg::ALL.into_iter().find(|a| a.name() == n) {
+                Some(a) => *slot = Some(a),
+                None => self.bad(k, format!("must be \"HS256\", \"EdDSA\" or \"ES256\", got {n:?}")),
+            }
+        }
+    }
+
     /// The sub-table `k` (an empty one when absent; a problem when not a table).
     pub(super) fn sub(&mut self, k: &'static str) -> Section<'_> {
         let table = match self.table.remove(k) {
@@ -574,7 +659,7 @@ mod tests {
     #[test]
     fn the_annotated_file_documents_every_key() {
         let doc = documented(include_str!("../../systemd/edgepush.toml"));
-        let sections: [(&str, &[&str]); 7] = [
+        let sections: [(&str, &[&str]); 8] = [
             (Top::TABLE, Top::KEYS),
             (Mqtt::TABLE, Mqtt::KEYS),
             (Limits::TABLE, Limits::KEYS),
@@ -582,13 +667,14 @@ mod tests {
             (Auth::TABLE, Auth::KEYS),
             (Log::TABLE, Log::KEYS),
             ("tls", TLS_KEYS),
+            (Jwt::TABLE, Jwt::KEYS),
         ];
         let mut missing = Vec::new();
         for (table, keys) in sections {
             for key in keys {
-                // `tokens` is documented as its [[auth.tokens]] example.
-                let found = if table == "auth" && *key == "tokens" {
-                    doc.iter().any(|(s, _)| s == "auth.tokens")
+                // `tokens` and `jwt` are documented as their [[auth.tokens]] and [auth.jwt] examples.
+                let found = if table == "auth" && (*key == "tokens" || *key == "jwt") {
+                    doc.iter().any(|(s, _)| *s == format!("auth.{key}"))
                 } else {
                     doc.iter().any(|(s, k)| s == table && k == key)
                 };
@@ -619,6 +705,7 @@ mod tests {
         add(Heartbeat::TABLE, &|t| cfg.heartbeat.render(t));
         add(Auth::TABLE, &|t| cfg.auth.render(t));
         add(Log::TABLE, &|t| cfg.log.render(t));
+        add(Jwt::TABLE, &|t| Jwt::default().render(t));
         let mut checked = 0;
         for (table, values) in &sections {
             for (key, default) in values {

@@ -5,9 +5,11 @@
 //! (`boards/<name>.toml`, embedded in the binary), then the config file.
 //! Every key is declared once, in [`keys`]. Parsing ([`Config::from_toml`])
 //! reads no files; [`Config::load`] reads the config file and then the files
-//! it names (the TLS certificate and key) once, and keeps what they hold.
+//! it names (the TLS certificate and key, the JWT key) once, and keeps what
+//! they hold.
 
 pub(crate) mod board;
+pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod tls;
 
@@ -19,7 +21,7 @@ use toml::{Table, Value as Toml};
 
 use crate::config::board::{Board, MemoryModel};
 use keys::{problem, show, Section, Top};
-pub use keys::{Auth, Heartbeat, Limits, Log, Mqtt};
+pub use keys::{Auth, Heartbeat, Jwt, Limits, Log, Mqtt};
 
 impl Limits {
     /// Request heads (and TLS handshakes) in progress at once: three times
@@ -191,15 +193,24 @@ impl Config {
         Config::from_toml(&text, &source, board_override)?.read_files(&source)
     }
 
-    /// Reads the files the config names (`[tls] cert` and `key`) and keeps
-    /// what they hold, checked: the certificate parses, the key parses and
-    /// fits it. [`Config::load`] does this; a config made by
-    /// [`Config::from_toml`] alone must do it before the server starts.
+    /// Reads the files the config names (`[tls] cert` and `key`, `[auth.jwt]
+    /// key`) and keeps what they hold, checked: the certificate parses, the
+    /// key parses and fits it; the JWT key fits its algorithm.
+    /// [`Config::load`] does this; a config made by [`Config::from_toml`]
+    /// alone must do it before the server starts.
     ///
     /// # Errors
-    /// `tls.cert` or `tls.key` with the reason, naming the path.
+    /// `tls.cert`, `tls.key`, `auth.jwt.key` or `mqtt.ca`, `mqtt.cert`, `mqtt.key` with the reason, naming the path.
     pub fn read_files(mut self, source: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
+        if let Some(j) = &mut self.auth.jwt {
+            if let Some(alg) = j.algorithm {
+                match jwt::read(&j.key.path, alg) {
+                    Ok(loaded) => j.key.loaded = Some(loaded),
+                    Err(reason) => problems.push(problem("auth.jwt.key", reason)),
+                }
+            }
+        }
         if let Some(t) = &mut self.tls {
             match tls::read(&t.cert, &t.key) {
                 Ok(loaded) => t.loaded = Some(loaded),
@@ -340,12 +351,15 @@ impl Config {
                 "auth.mode = \"none\": every client may subscribe to {:?} and publish to {:?} without a token",
                 a.subscribe, a.publish
             )),
-            AuthMode::Tokens if a.tokens.is_empty() => w.push(
+            AuthMode::Tokens if a.tokens.is_empty() && a.jwt.is_none() => w.push(
                 "auth: no [[auth.tokens]] configured, so every /ws request is refused with 401; add tokens \
                  (`edgepush hash-token` makes their sha256) or set [auth] mode = \"none\""
                     .into(),
             ),
             AuthMode::Tokens => {}
+        }
+        if a.mode == AuthMode::None && a.jwt.is_some() {
+            w.push("auth.jwt is ignored with auth.mode = \"none\": credentials are not checked".into());
         }
         if a.allowed_origins.as_ref().is_some_and(|o| o.iter().any(|o| o == "*")) {
             w.push(
@@ -723,6 +737,55 @@ mod tests {
         assert_eq!(Config::from_toml(&entry(""), "t", None).unwrap().auth.tokens[0].max_connections, None);
         let e = Config::from_toml(&entry("max-connections = 0"), "t", None).unwrap_err();
         assert_eq!(e.problems[0].key, "auth.tokens[0].max-connections", "{e}");
+    }
+
+    #[test]
+    fn the_jwt_section_needs_its_key_and_algorithm_and_the_key_must_fit_it() {
+        let keys = |text: &str| {
+            let e = Config::from_toml(text, "t", None).unwrap_err();
+            e.problems.into_iter().map(|p| format!("{}: {}", p.key, p.reason)).collect::<Vec<_>>()
+        };
+        let p = keys("[auth.jwt]\n");
+        assert!(
+            p[0].starts_with("auth.jwt.key: is required") && p[1].starts_with("auth.jwt.algorithm: is required"),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2);
+        let p = keys("[auth.jwt]\nkey = \"/k\"\nalgorithm = \"RS256\"\nleeway-s = 9999\ncolour = 1\n");
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].starts_with("auth.jwt.algorithm: must be \"HS256\", \"EdDSA\" or \"ES256\", got \"RS256\""),
+            "{p:?}"
+        );
+        assert!(p[1].starts_with("auth.jwt.leeway-s: must be an integer from 0 to 300"), "{p:?}");
+        assert_eq!(p[2], "auth.jwt.colour: unknown key");
+        assert_eq!(keys("[auth]\njwt = 3\n"), vec!["auth.jwt: must be a table, got 3".to_string()]);
+
+        let dir = std::env::temp_dir().join(format!("edgepush-config-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ed = dir.join("ed.pem");
+        std::fs::write(&ed, rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap().public_key_pem()).unwrap();
+        let text = |alg: &str| {
+            format!("[auth.jwt]\nkey = \"{}\"\nalgorithm = \"{alg}\"\naudience = \"edgepush\"\n", ed.display())
+        };
+        let c = Config::from_toml(&text("EdDSA"), "t", None).unwrap();
+        let j = c.auth.jwt.as_ref().unwrap();
+        assert_eq!((j.leeway_s, j.audience.as_deref(), j.issuer.as_deref()), (30, Some("edgepush"), None));
+        // A JWT key is a way in: no warning that every request is refused.
+        assert!(c.warnings().iter().all(|w| !w.contains("401")), "{:?}", c.warnings());
+        // check-config shows the section, and what it shows loads again.
+        let shown = c.to_toml_redacted();
+        assert!(shown.contains("[auth.jwt]") && shown.contains("algorithm = \"EdDSA\""), "{shown}");
+        assert_eq!(Config::from_toml(&shown, "t", None).unwrap().auth.jwt, c.auth.jwt);
+        let read = c.read_files("t").unwrap();
+        assert!(read.auth.jwt.as_ref().unwrap().key.loaded.is_some());
+        // Read again (a reload): not equal to the first reading, so it is swapped in.
+        let again = Config::from_toml(&text("EdDSA"), "t", None).unwrap().read_files("t").unwrap();
+        assert_ne!(again.auth.jwt, read.auth.jwt);
+        let e = Config::from_toml(&text("ES256"), "t", None).unwrap().read_files("t").unwrap_err();
+        assert_eq!(e.problems[0].key, "auth.jwt.key");
+        assert!(e.problems[0].reason.contains("holds an Ed25519 key; algorithm ES256 needs a P-256 key"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! what it may subscribe and publish. Only SHA-256 digests of tokens are kept;
 //! a presented token is hashed and compared against every entry in constant
 //! time, so neither the match nor its position shows in the timing.
+//! With `[auth.jwt]`, a credential shaped like a JWT is checked as one
+//! instead ([`super::jwt`]).
 
 use std::sync::Arc;
 
-use crate::config::{Auth, AuthMode};
+use crate::config::jwt::Loaded;
+use crate::config::{Auth, AuthMode, Jwt};
+use crate::listener::jwt::{self, Rejected};
 use edgepush_protocol::Permissions;
 
 /// Why a request was refused with 401.
@@ -15,6 +19,8 @@ pub enum Denied {
     Missing,
     /// A token that matches no entry.
     Unknown,
+    /// A JWT that does not pass.
+    Jwt(Rejected),
 }
 
 /// The tokens of a config, ready for the handshake.
@@ -22,6 +28,8 @@ pub struct Authenticator {
     mode: AuthMode,
     anonymous: Arc<Permissions>,
     tokens: Vec<Entry>,
+    /// `[auth.jwt]` and its key, when configured and read.
+    jwt: Option<(Jwt, Loaded)>,
 }
 
 struct Entry {
@@ -31,12 +39,14 @@ struct Entry {
     max_connections: Option<usize>,
 }
 
-/// Who a connection is: the token's name (None with `mode = "none"`), its
-/// permissions and its own connection cap.
+/// Who a connection is: the token's name (None with `mode = "none"`; a
+/// JWT's `sub`), its permissions, its own connection cap, and when its
+/// credential expires (a JWT's `exp` plus the leeway, Unix ms).
 pub struct Identity {
     pub name: Option<Arc<str>>,
     pub perms: Arc<Permissions>,
     pub max_connections: Option<usize>,
+    pub expires_ms: Option<u64>,
 }
 
 /// SHA-256 of a token.
@@ -69,18 +79,37 @@ impl Authenticator {
                     max_connections: t.max_connections,
                 })
                 .collect(),
+            jwt: auth.jwt.as_ref().and_then(|j| Some((j.clone(), j.key.loaded.clone()?))),
         }
     }
 
-    /// The identity of a request presenting `token`.
+    /// The identity of a request presenting `token`, now.
     ///
     /// # Errors
-    /// With `mode = "tokens"`: no token, or one that matches no entry.
+    /// With `mode = "tokens"`: no token, one that matches no entry, or a JWT that fails.
     pub fn check(&self, token: Option<&[u8]>) -> Result<Identity, Denied> {
+        self.check_at(token, crate::clock::now_ms())
+    }
+
+    /// [`Authenticator::check`] at `now_ms` (Unix ms).
+    ///
+    /// # Errors
+    /// As [`Authenticator::check`].
+    pub fn check_at(&self, token: Option<&[u8]>, now_ms: u64) -> Result<Identity, Denied> {
         if self.mode == AuthMode::None {
-            return Ok(Identity { name: None, perms: self.anonymous.clone(), max_connections: None });
+            return Ok(Identity { name: None, perms: self.anonymous.clone(), max_connections: None, expires_ms: None });
         }
-        let digest = sha256(token.ok_or(Denied::Missing)?);
+        let token = token.ok_or(Denied::Missing)?;
+        if let Some((cfg, key)) = self.jwt.as_ref().filter(|_| jwt::looks_like_jwt(token)) {
+            let claims = jwt::verify(cfg, &key.0, token, now_ms).map_err(Denied::Jwt)?;
+            return Ok(Identity {
+                name: Some(claims.sub.as_deref().unwrap_or("(JWT without sub)").into()),
+                perms: Arc::new(claims.perms),
+                max_connections: None,
+                expires_ms: Some(claims.expires_ms),
+            });
+        }
+        let digest = sha256(token);
         let mut found = None;
         for e in &self.tokens {
             if ct_eq(&e.sha256, &digest) && found.is_none() {
@@ -92,6 +121,7 @@ impl Authenticator {
                 name: Some(e.name.clone()),
                 perms: e.perms.clone(),
                 max_connections: e.max_connections,
+                expires_ms: None,
             })
             .ok_or(Denied::Unknown)
     }
@@ -160,6 +190,7 @@ mod tests {
             publish: vec![],
             tokens: vec![token("wall", "s3cret", "sensors/#"), token("ops", "other", "#")],
             allowed_origins: None,
+            jwt: None,
         }
     }
 
@@ -181,6 +212,51 @@ mod tests {
         let none = Authenticator::new(&auth(AuthMode::None));
         let id = none.check(None).ok().unwrap();
         assert!(id.name.is_none() && id.perms.subscribe == vec!["#".to_string()]);
+    }
+
+    #[test]
+    fn a_jwt_shaped_credential_is_checked_as_a_jwt_only_where_configured() {
+        use crate::config::jwt::{Alg, KeyFile, Material};
+        let mut a = auth(AuthMode::Tokens);
+        a.tokens[0].sha256 = sha256(b"a.b.c");
+        // Without [auth.jwt]: a static token like any other, whatever its shape.
+        let plain = Authenticator::new(&a);
+        assert_eq!(plain.check(Some(b"a.b.c")).ok().unwrap().name.as_deref(), Some("wall"));
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let key = Loaded(Arc::new(Material::Hmac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))));
+        a.jwt = Some(Jwt {
+            key: KeyFile { path: "k".into(), loaded: Some(key) },
+            algorithm: Some(Alg::Hs256),
+            issuer: None,
+            audience: None,
+            leeway_s: 0,
+        });
+        let with_jwt = Authenticator::new(&a);
+        assert_eq!(with_jwt.check(Some(b"a.b.c")).err(), Some(Denied::Jwt(Rejected::Malformed)));
+        assert_eq!(with_jwt.check(Some(b"other")).ok().unwrap().name.as_deref(), Some("ops"));
+        // header {"alg":"HS256"}, claims {"sub":"s","exp":2000000000}, signed with the secret.
+        let input = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzIiwiZXhwIjoyMDAwMDAwMDAwfQ";
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let token = format!("{input}.{}", b64(ring::hmac::sign(&k, input.as_bytes()).as_ref()));
+        let id = with_jwt.check_at(Some(token.as_bytes()), 1_999_999_999_000).ok().unwrap();
+        assert_eq!((id.name.as_deref(), id.expires_ms, id.max_connections), (Some("s"), Some(2_000_000_000_000), None));
+        assert_eq!(
+            with_jwt.check_at(Some(token.as_bytes()), 2_000_000_000_000).err(),
+            Some(Denied::Jwt(Rejected::Expired))
+        );
+    }
+
+    /// base64url without padding (the server only decodes).
+    fn b64(b: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
     }
 
     #[test]

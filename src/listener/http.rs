@@ -207,6 +207,7 @@ pub fn ws_request(
         reason: match d {
             Denied::Missing => "a token is required (Authorization: Bearer, ?token= or the edgepush_token cookie)",
             Denied::Unknown => "unknown token",
+            Denied::Jwt(r) => r.reason(),
         },
     })?;
     if !origin::permitted(head.get("origin"), head.get("host"), origins, tls) {
@@ -357,6 +358,7 @@ mod tests {
                 max_connections: None,
             }],
             allowed_origins: None,
+            jwt: None,
         });
         let run = |head: &str, query| {
             let h = Head::parse(head.as_bytes()).unwrap();

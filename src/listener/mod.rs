@@ -6,6 +6,8 @@ pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod health;
 pub(crate) mod http;
+pub(crate) mod json;
+pub(crate) mod jwt;
 mod routes;
 
 use std::io;
@@ -75,6 +77,9 @@ impl Live {
                 None => return Err("tls: the certificate files were not read (Config::read_files)".into()),
             },
         };
+        if cfg.auth.jwt.as_ref().is_some_and(|j| j.key.loaded.is_none()) {
+            return Err("auth.jwt: the key file was not read (Config::read_files)".into());
+        }
         Ok(Live {
             session: Arc::new(SessionConfig {
                 heartbeat_interval: Duration::from_millis(cfg.heartbeat.interval_ms),
@@ -266,12 +271,20 @@ async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shar
         perms: who.perms,
         metrics: shared.metrics.clone(),
         slot,
+        expires: who.expires_ms.and_then(deadline),
     };
     match &who.name {
         Some(name) => debug!("{peer}: upgraded as connection {} with token {name:?}", session.conn),
         None => debug!("{peer}: upgraded as connection {}", session.conn),
     }
     session.run(ws).await;
+}
+
+/// The instant of a Unix time in ms (now when it is past; None when too far
+/// off to represent: no deadline then).
+fn deadline(unix_ms: u64) -> Option<Instant> {
+    let left = unix_ms.saturating_sub(crate::clock::now_ms());
+    Instant::now().checked_add(Duration::from_millis(left))
 }
 
 /// Counts a connection as handshaking until dropped.

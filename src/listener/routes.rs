@@ -76,11 +76,6 @@ mod tests {
         assert_eq!(&out[..4], &[0x82, 126, 0, 200]);
         assert_eq!(out.len(), 4 + 200);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DASHBOARD;
 
     #[test]
     fn the_dashboard_with_its_client_modules_stays_under_48_kib() {

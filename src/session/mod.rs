@@ -85,6 +85,9 @@ pub struct Session {
     /// What the listener holds for this connection while it lives (its
     /// admission slot): dropped, and so given back, when the session ends.
     pub slot: Box<dyn Send + Sync>,
+    /// When its credential expires (a JWT's `exp` plus the leeway): closed
+    /// with 1008 then.
+    pub expires: Option<Instant>,
 }
 
 enum Step {
@@ -222,6 +225,13 @@ impl Session {
                     continue;
                 }
             };
+            if let Some(at) = self.expires {
+                if now >= at {
+                    info!("{}: token expired", self.peer);
+                    return End::Close(1008, "token expired");
+                }
+                wake_at = wake_at.min(at);
+            }
             if let (true, Some(code)) = (writing, outbox.close_code()) {
                 // Shutting down while a write is stuck: give the close its grace.
                 return End::Close(code, "server shutting down");
