@@ -252,15 +252,29 @@ fn refused_answer(why: Refusal) -> Vec<u8> {
     }
 }
 
+/// Why no PROXY protocol header was read; the connection is dropped.
+enum NoProxyHeader {
+    /// Closed before its first byte (a TCP health check): not counted.
+    Closed,
+    /// Not within `handshake-timeout-ms`.
+    Timeout,
+    /// Not a PROXY header, or cut short.
+    Malformed(&'static str),
+}
+
 /// Reads the PROXY protocol header a trusted proxy sends first, and nothing
 /// after it. Ok(None): the header names no client (v2 `LOCAL`, v1 `UNKNOWN`).
 ///
 /// # Errors
-/// Why it is not a PROXY header (the connection is then dropped).
-async fn read_proxy_header(stream: &Async<TcpStream>) -> Result<Option<SocketAddr>, &'static str> {
+/// Why there is no PROXY header.
+async fn read_proxy_header(stream: &Async<TcpStream>) -> Result<Option<SocketAddr>, NoProxyHeader> {
     use smol::io::AsyncReadExt;
-    let closed = |_| "closed within its PROXY header";
     let mut s = stream;
+    let mut first = [0u8; 1];
+    if s.peek(&mut first).await.unwrap_or(0) == 0 {
+        return Err(NoProxyHeader::Closed);
+    }
+    let closed = |_| NoProxyHeader::Malformed("closed within its PROXY header");
     let mut buf = Vec::with_capacity(64);
     loop {
         match proxy::parse_header(&buf) {
@@ -276,7 +290,7 @@ async fn read_proxy_header(stream: &Async<TcpStream>) -> Result<Option<SocketAdd
                 buf.resize(at + max, 0);
                 let seen = stream.peek(&mut buf[at..]).await.map_err(closed)?;
                 if seen == 0 {
-                    return Err("closed within its PROXY header");
+                    return Err(NoProxyHeader::Malformed("closed within its PROXY header"));
                 }
                 let take = buf[at..at + seen].iter().position(|&b| b == b'\n').map_or(seen, |i| i + 1);
                 buf.truncate(at + take);
@@ -292,7 +306,7 @@ async fn read_proxy_header(stream: &Async<TcpStream>) -> Result<Option<SocketAdd
                 }
                 return Ok(source);
             }
-            proxy::Header::Malformed(why) => return Err(why),
+            proxy::Header::Malformed(why) => return Err(NoProxyHeader::Malformed(why)),
         }
     }
 }
@@ -314,16 +328,21 @@ async fn handshake_phase(
     let from_proxy = !live.trusted.is_empty() && net::any_contains(&live.trusted, peer.ip());
     let mut client = peer;
     if from_proxy && live.proxy_protocol {
-        let read = async { read_proxy_header(&stream).await.map_err(Some) };
         let timeout = async {
             Timer::at(deadline).await;
-            Err(None)
+            Err(NoProxyHeader::Timeout)
         };
-        match read.or(timeout).await {
+        match read_proxy_header(&stream).or(timeout).await {
             Ok(source) => client = source.unwrap_or(peer),
-            Err(why) => {
-                m.refused(if why.is_some() { Refusal::ProxyHeader } else { Refusal::Timeout });
-                debug!("{peer}: dropped: {}", why.unwrap_or("no PROXY protocol header in time"));
+            Err(NoProxyHeader::Closed) => return None,
+            Err(NoProxyHeader::Timeout) => {
+                m.refused(Refusal::Timeout);
+                debug!("{peer}: dropped: no PROXY protocol header in time");
+                return None;
+            }
+            Err(NoProxyHeader::Malformed(why)) => {
+                m.refused(Refusal::ProxyHeader);
+                debug!("{peer}: dropped: PROXY protocol header: {why}");
                 return None;
             }
         }
