@@ -49,7 +49,9 @@ impl Net {
             None => (s, None),
         };
         let Ok(ip) = a.trim().parse::<IpAddr>() else {
-            return Err(format!("must be an address or a CIDR block such as \"10.0.0.0/8\" or \"fd00::/8\", got {s:?}"));
+            return Err(format!(
+                "must be an address or a CIDR block such as \"10.0.0.0/8\" or \"fd00::/8\", got {s:?}"
+            ));
         };
         let ip = canonical(ip);
         let (n, width) = bits(ip);
@@ -108,7 +110,10 @@ mod tests {
         let v6 = Net::parse("2001:db8::1/128").unwrap();
         assert!(v6.contains(ip("2001:db8::1")) && !v6.contains(ip("2001:db8::2")));
         assert!(Net::parse("::/0").unwrap().contains(ip("2001:db8::2")));
-        assert_eq!(Net::parse("::ffff:10.0.0.0/104"), Err("\"::ffff:10.0.0.0/104\": the prefix length must be from 0 to 32".into()));
+        assert_eq!(
+            Net::parse("::ffff:10.0.0.0/104"),
+            Err("\"::ffff:10.0.0.0/104\": the prefix length must be from 0 to 32".into())
+        );
     }
 
     #[test]

@@ -144,7 +144,8 @@ fn v2(source: Option<([u8; 4], u16)>) -> Vec<u8> {
 #[test]
 fn proxy_protocol_headers_from_a_trusted_peer_name_the_client() {
     let broker = Broker::start();
-    let (d, addr) = start(&broker, "trusted-proxies = [\"127.0.0.1\"]\nproxy-protocol = true\nhandshake-timeout-ms = 2000");
+    let (d, addr) =
+        start(&broker, "trusted-proxies = [\"127.0.0.1\"]\nproxy-protocol = true\nhandshake-timeout-ms = 2000");
     let mut held = Vec::new();
     let mut expect = |prefix: Vec<u8>, headers: &str, status: u16| {
         let (got, s) = upgrade(addr, None, &prefix, headers);
@@ -179,7 +180,8 @@ fn proxy_protocol_headers_from_a_trusted_peer_name_the_client() {
 #[test]
 fn a_silent_trusted_peer_is_dropped_at_the_handshake_timeout() {
     let broker = Broker::start();
-    let (_d, addr) = start(&broker, "trusted-proxies = [\"127.0.0.1\"]\nproxy-protocol = true\nhandshake-timeout-ms = 300");
+    let (_d, addr) =
+        start(&broker, "trusted-proxies = [\"127.0.0.1\"]\nproxy-protocol = true\nhandshake-timeout-ms = 300");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(scaled(5000))).unwrap();
     s.write_all(b"PROXY TCP4 203.0.113.1").unwrap();
@@ -236,7 +238,9 @@ fn behind_a_real_haproxy_each_client_is_its_own_address() {
         let (c, _c) = upgrade(front, Some(two), b"", "");
         assert_eq!(c, 429, "via {front}: the first address is at its cap");
         let logged = poll_until(5000, || {
-            d.lines().iter().any(|l| l.contains("127.0.0.3:") && l.contains("upgraded") && l.contains("via proxy 127.0.0.1:"))
+            d.lines()
+                .iter()
+                .any(|l| l.contains("127.0.0.3:") && l.contains("upgraded") && l.contains("via proxy 127.0.0.1:"))
         });
         assert!(logged, "the log names the client, not haproxy: {:#?}", d.lines());
     }

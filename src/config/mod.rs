@@ -577,7 +577,9 @@ mod tests {
 
     #[test]
     fn trusted_proxies_each_mistake_named_by_index() {
-        let c = load("[limits]\ntrusted-proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\nproxy-protocol = true\n").unwrap();
+        let c =
+            load("[limits]\ntrusted-proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\nproxy-protocol = true\n")
+                .unwrap();
         let shown: Vec<String> = c.limits.trusted_proxies.iter().map(|n| n.to_string()).collect();
         assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
         assert!(c.limits.proxy_protocol);
@@ -586,7 +588,12 @@ mod tests {
         let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            ["limits.trusted-proxies[1]", "limits.trusted-proxies[2]", "limits.trusted-proxies[3]", "limits.proxy-protocol"]
+            [
+                "limits.trusted-proxies[1]",
+                "limits.trusted-proxies[2]",
+                "limits.trusted-proxies[3]",
+                "limits.proxy-protocol"
+            ]
         );
         assert!(p[1].1.contains("must be a string, got 7"), "{p:?}");
         assert!(p[2].1.contains("\"proxy.lan\""), "{p:?}");

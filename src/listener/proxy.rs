@@ -186,7 +186,9 @@ fn v1(buf: &[u8]) -> Header {
             let port = |p: &str| p.parse::<u16>().ok().filter(|_| !p.starts_with('+'));
             let (src, dst, sport) = (src.parse::<IpAddr>(), dst.parse::<IpAddr>(), port(sport));
             match (src, dst, sport, port(dport)) {
-                (Ok(s), Ok(d), Some(sp), Some(_)) if s.is_ipv4() == (family == "TCP4") && d.is_ipv4() == s.is_ipv4() => {
+                (Ok(s), Ok(d), Some(sp), Some(_))
+                    if s.is_ipv4() == (family == "TCP4") && d.is_ipv4() == s.is_ipv4() =>
+                {
                     done(Some(SocketAddr::new(canonical(s), sp)))
                 }
                 _ => Header::Malformed("v1 addresses or ports"),
