@@ -332,7 +332,8 @@ async fn handshake_phase(
             Timer::at(deadline).await;
             Err(NoProxyHeader::Timeout)
         };
-        match read_proxy_header(&stream).or(timeout).await {
+        // Boxed: connections without a PROXY header do not carry its state.
+        match Box::pin(read_proxy_header(&stream)).or(timeout).await {
             Ok(source) => client = source.unwrap_or(peer),
             Err(NoProxyHeader::Closed) => return None,
             Err(NoProxyHeader::Timeout) => {
