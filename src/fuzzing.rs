@@ -12,7 +12,9 @@ use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
 use crate::listener::auth::{sha256, Authenticator};
 use crate::listener::http::{self, Head, HeadError};
 use crate::listener::{json, jwt as token};
+use crate::listener::proxy::{self, Header};
 use crate::metrics::Metrics;
+use crate::net::Net;
 use crate::outbox::Outbox;
 use edgepush_protocol::origin;
 use edgepush_protocol::topic::{covers, matches, validate_filter, validate_topic};
@@ -24,7 +26,14 @@ pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/` and `fuzz/regressions/` name them.
 pub const TARGETS: &[(&str, Target)] =
-    &[("client_msg", client_msg), ("http_head", http_head), ("jwt", jwt), ("topic", topic), ("value", value)];
+    &[
+        ("client_msg", client_msg),
+        ("http_head", http_head),
+        ("jwt", jwt),
+        ("proxy", proxy),
+        ("topic", topic),
+        ("value", value),
+    ];
 
 /// ClientMsg decoding and the hub's handling of what decodes: the input is a
 /// sequence of `[len: u8][bytes]` chunks, each one client message from one
@@ -103,6 +112,53 @@ pub fn http_head(data: &[u8]) {
     if let Some(o) = head.get("origin").and_then(|o| std::str::from_utf8(o).ok()) {
         if let Some(n) = origin::normalize(o) {
             assert_eq!(origin::normalize(&n).as_deref(), Some(n.as_str()), "normalizing is idempotent");
+        }
+    }
+}
+
+/// Behind a reverse proxy: the PROXY v1/v2 header parser fed as the
+/// listener feeds it (exactly what each step asks for: it must never ask
+/// for a byte past the header), then the input's lines as `X-Forwarded-For`
+/// and as `Forwarded` values, and as an address block.
+pub fn proxy(data: &[u8]) {
+    let mut n = 0;
+    loop {
+        match proxy::parse_header(&data[..n]) {
+            Header::Need(more) => {
+                assert!(more > 0, "asked for nothing");
+                if n + more > data.len() {
+                    break;
+                }
+                n += more;
+            }
+            Header::Line { max } => {
+                assert!(max > 0, "asked for nothing");
+                let window = &data[n..data.len().min(n + max)];
+                if window.is_empty() {
+                    break;
+                }
+                n += window.iter().position(|&b| b == b'\n').map_or(window.len(), |i| i + 1);
+            }
+            Header::Done { len, .. } => {
+                assert_eq!(len, n, "the header is exactly what was read");
+                break;
+            }
+            Header::Malformed(_) => break,
+        }
+    }
+    let trusted = [Net::parse("10.0.0.0/8").expect("valid"), Net::parse("::1").expect("valid")];
+    let peer = std::net::IpAddr::from([10, 0, 0, 1]);
+    let lines = || data.split(|&b| b == b'\n');
+    let none = || std::iter::empty::<&[u8]>();
+    // Any bytes give an address, without a panic.
+    let _ = proxy::client_address(lines(), none(), peer, &trusted);
+    let _ = proxy::client_address(none(), lines(), peer, &trusted);
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(net) = Net::parse(s) {
+            let shown = net.to_string();
+            assert_eq!(Net::parse(&shown), Ok(net), "a block shows as itself");
+            let first = shown.split('/').next().and_then(|a| a.parse().ok()).expect("an address");
+            assert!(net.contains(first), "{shown} contains its first address");
         }
     }
 }

@@ -25,7 +25,7 @@
 //!   routes (`/`, `/healthz`, `/metrics`), the upgrade.
 //! - [`daemon`]: `edgepush run`: start, serve, reload, stop; systemd; logging.
 //! - `config`: the config file, board profiles, the files it names.
-//! - `metrics`, `clock`, `hex`: leaves every room uses.
+//! - `metrics`, `clock`, `hex`, `net` (address blocks): leaves every room uses.
 //! - [`cli`]: the commands beside `run`; `demo` (feature `demo`).
 //!
 //! Only what the binary, the tests, the benches and the fuzz targets need is
@@ -45,6 +45,7 @@ pub(crate) mod hex;
 pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod metrics;
+pub(crate) mod net;
 pub(crate) mod outbox;
 pub(crate) mod session;
 

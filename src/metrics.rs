@@ -30,10 +30,12 @@ pub enum Refusal {
     PendingHeads,
     /// 429: the token's own `max-connections`.
     PerToken,
+    /// Dropped: a trusted proxy's PROXY protocol header was malformed.
+    ProxyHeader,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 12] = [
         Refusal::Capacity,
         Refusal::PerAddress,
         Refusal::Timeout,
@@ -45,6 +47,7 @@ impl Refusal {
         Refusal::Origin,
         Refusal::PendingHeads,
         Refusal::PerToken,
+        Refusal::ProxyHeader,
     ];
 
     fn label(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::PendingHeads => "pending_heads",
             Refusal::PerToken => "per_token",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 }

@@ -16,6 +16,7 @@ use toml::{Table, Value as Toml};
 
 use super::jwt::{Alg, KeyFile};
 use super::{AuthMode, Problem, Secret, Token};
+use crate::net::Net;
 use edgepush_protocol::topic;
 
 /// The longest duration key, in ms: a day.
@@ -139,6 +140,11 @@ section! {
         max_connection_age_ms: u64 = "max-connection-age-ms", age(), 0;
         /// SIGUSR1 closes every connection with 1001, spread evenly over this.
         drain_spread_ms: u64 = "drain-spread-ms", int(0, MAX_MS), 10_000;
+        /// Reverse proxies (addresses or CIDR blocks) whose forwarding headers
+        /// name the client; empty: every peer is the client.
+        trusted_proxies: Vec<Net> = "trusted-proxies", nets(), vec![];
+        /// From a trusted proxy, a PROXY protocol v1/v2 header comes first.
+        proxy_protocol: bool = "proxy-protocol", boolean(), false;
     }
 }
 
@@ -249,6 +255,12 @@ impl Render for String {
 impl Render for Vec<String> {
     fn render(&self) -> Option<Toml> {
         Some(Toml::Array(self.iter().map(|s| Toml::String(s.clone())).collect()))
+    }
+}
+
+impl Render for Vec<Net> {
+    fn render(&self) -> Option<Toml> {
+        Some(Toml::Array(self.iter().map(|n| Toml::String(n.to_string())).collect()))
     }
 }
 
@@ -398,6 +410,25 @@ impl<'a> Section<'a> {
             Some(Toml::Boolean(b)) => *slot = b,
             Some(other) => self.bad(k, format!("must be true or false, got {}", show(&other))),
         }
+    }
+
+    /// A list of addresses or CIDR blocks, each checked.
+    fn nets(&mut self, k: &str, slot: &mut Vec<Net>) {
+        let Some(v) = self.table.remove(k) else { return };
+        let Toml::Array(items) = v else {
+            return self.bad(k, format!("must be a list of addresses or CIDR blocks, got {}", show(&v)));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Toml::String(s) => match Net::parse(&s) {
+                    Ok(n) => out.push(n),
+                    Err(e) => self.bad(&format!("{k}[{i}]"), e),
+                },
+                other => self.bad(&format!("{k}[{i}]"), format!("must be a string, got {}", show(&other))),
+            }
+        }
+        *slot = out;
     }
 
     fn secret(&mut self, k: &str, slot: &mut Option<Secret>) {

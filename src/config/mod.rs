@@ -271,6 +271,13 @@ impl Config {
                 cfg.limits.max_connections_per_ip, cfg.limits.max_connections
             ));
         }
+        if cfg.limits.proxy_protocol && cfg.limits.trusted_proxies.is_empty() {
+            cfg.notes.push(
+                "limits.proxy-protocol = true does nothing without limits.trusted-proxies: \
+                 a PROXY header is read only from a trusted proxy"
+                    .into(),
+            );
+        }
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -643,6 +650,35 @@ mod tests {
         // Both written, the per-address one higher: valid, and said.
         let c = load("[limits]\nmax-connections = 16\nmax-connections-per-ip = 32\n").unwrap();
         assert!(c.warnings().iter().any(|w| w.contains("limits.max-connections-per-ip (32)")), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn trusted_proxies_each_mistake_named_by_index() {
+        let c =
+            load("[limits]\ntrusted-proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\nproxy-protocol = true\n")
+                .unwrap();
+        let shown: Vec<String> = c.limits.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        assert!(c.limits.proxy_protocol);
+        assert!(c.warnings().iter().all(|w| !w.contains("proxy-protocol")), "{:?}", c.warnings());
+        let p = err("[limits]\ntrusted-proxies = [\"127.0.0.1\", \"10.0.0.0/33\", 7, \"proxy.lan\"]\nproxy-protocol = \"yes\"\n");
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.trusted-proxies[1]",
+                "limits.trusted-proxies[2]",
+                "limits.trusted-proxies[3]",
+                "limits.proxy-protocol"
+            ]
+        );
+        assert!(p[1].1.contains("must be a string, got 7"), "{p:?}");
+        assert!(p[2].1.contains("\"proxy.lan\""), "{p:?}");
+        let p = err("[limits]\ntrusted-proxies = \"127.0.0.1\"\n");
+        assert_eq!(p[0].0, "limits.trusted-proxies");
+        // PROXY headers without a trusted proxy: valid, and said.
+        let c = load("[limits]\nproxy-protocol = true\n").unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("limits.proxy-protocol")), "{:?}", c.warnings());
     }
 
     #[test]

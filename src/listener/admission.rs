@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::metrics::Refusal;
+use crate::net::canonical;
 use crate::session::rate::Bucket;
 
 struct Counts {
@@ -34,14 +35,6 @@ pub struct Admission {
 pub struct Slot {
     admission: Arc<Admission>,
     ip: IpAddr,
-}
-
-/// IPv4-mapped IPv6 addresses count as their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 impl Admission {

@@ -8,6 +8,7 @@ pub(crate) mod health;
 pub(crate) mod http;
 pub(crate) mod json;
 pub(crate) mod jwt;
+pub(crate) mod proxy;
 mod routes;
 
 use std::io;
@@ -26,6 +27,7 @@ use smol::{Async, Executor, Timer};
 use crate::config::{Config, Limits};
 use crate::hub::HubCmd;
 use crate::metrics::{open_files_limit, Metrics, Refusal};
+use crate::net::{self, Net};
 use crate::session::socket::{Raw, Socket, Ws};
 use crate::session::{Session, SessionConfig};
 
@@ -64,6 +66,9 @@ pub(crate) struct Live {
     descriptors: u64,
     handshake_timeout: Duration,
     max_header_bytes: usize,
+    /// `[limits] trusted-proxies`: empty, the common case, costs one check.
+    trusted: Vec<Net>,
+    proxy_protocol: bool,
 }
 
 impl Live {
@@ -101,6 +106,8 @@ impl Live {
             descriptors: descriptors_needed(&cfg.limits),
             handshake_timeout: Duration::from_millis(cfg.limits.handshake_timeout_ms),
             max_header_bytes: cfg.limits.max_header_bytes,
+            trusted: cfg.limits.trusted_proxies.clone(),
+            proxy_protocol: cfg.limits.proxy_protocol,
         })
     }
 }
@@ -261,11 +268,13 @@ async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shar
     let handshake = Handshaking(&shared.handshaking);
     // Boxed: the handshake's state (head buffers and all) is freed once it is
     // done instead of sizing the whole connection's long-lived future.
-    let Some((ws, slot, who)) = Box::pin(handshake_phase(stream, peer, &shared, &live)).await else { return };
+    let Some((ws, slot, who, client)) = Box::pin(handshake_phase(stream, peer, &shared, &live)).await else {
+        return;
+    };
     drop(handshake);
     let session = Session {
         conn: shared.next_conn.fetch_add(1, Relaxed),
-        peer,
+        peer: client,
         cfg: live.session.clone(),
         hub: shared.hub.clone(),
         perms: who.perms,
@@ -273,9 +282,10 @@ async fn connection(stream: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shar
         slot,
         expires: who.expires_ms.and_then(deadline),
     };
+    let via = if client == peer { String::new() } else { format!(" via proxy {peer}") };
     match &who.name {
-        Some(name) => debug!("{peer}: upgraded as connection {} with token {name:?}", session.conn),
-        None => debug!("{peer}: upgraded as connection {}", session.conn),
+        Some(name) => debug!("{client}: upgraded as connection {} with token {name:?}{via}", session.conn),
+        None => debug!("{client}: upgraded as connection {}{via}", session.conn),
     }
     session.run(ws).await;
 }
@@ -296,17 +306,114 @@ impl Drop for Handshaking<'_> {
     }
 }
 
+/// The answer to a request refused by admission (or shutdown).
+fn refused_answer(why: Refusal) -> Vec<u8> {
+    match why {
+        Refusal::ShuttingDown => http::error_response(503, "shutting down", &[("Retry-After", "5")]),
+        Refusal::Capacity => http::error_response(503, "server full", &[("Retry-After", "5")]),
+        _ => http::error_response(429, "too many connections from your address", &[]),
+    }
+}
+
+/// Why no PROXY protocol header was read; the connection is dropped.
+enum NoProxyHeader {
+    /// Closed before its first byte (a TCP health check): not counted.
+    Closed,
+    /// Not within `handshake-timeout-ms`.
+    Timeout,
+    /// Not a PROXY header, or cut short.
+    Malformed(&'static str),
+}
+
+/// Reads the PROXY protocol header a trusted proxy sends first, and nothing
+/// after it. Ok(None): the header names no client (v2 `LOCAL`, v1 `UNKNOWN`).
+///
+/// # Errors
+/// Why there is no PROXY header.
+async fn read_proxy_header(stream: &Async<TcpStream>) -> Result<Option<SocketAddr>, NoProxyHeader> {
+    use smol::io::AsyncReadExt;
+    let mut s = stream;
+    let mut first = [0u8; 1];
+    if s.peek(&mut first).await.unwrap_or(0) == 0 {
+        return Err(NoProxyHeader::Closed);
+    }
+    let closed = |_| NoProxyHeader::Malformed("closed within its PROXY header");
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        match proxy::parse_header(&buf) {
+            proxy::Header::Need(n) => {
+                let at = buf.len();
+                buf.resize(at + n, 0);
+                s.read_exact(&mut buf[at..]).await.map_err(closed)?;
+            }
+            proxy::Header::Line { max } => {
+                // Peek for the line end, then take exactly the line: a few
+                // system calls instead of one per byte.
+                let at = buf.len();
+                buf.resize(at + max, 0);
+                let seen = stream.peek(&mut buf[at..]).await.map_err(closed)?;
+                if seen == 0 {
+                    return Err(NoProxyHeader::Malformed("closed within its PROXY header"));
+                }
+                let take = buf[at..at + seen].iter().position(|&b| b == b'\n').map_or(seen, |i| i + 1);
+                buf.truncate(at + take);
+                s.read_exact(&mut buf[at..]).await.map_err(closed)?;
+            }
+            proxy::Header::Done { source, skip, .. } => {
+                let mut scratch = [0u8; 256];
+                let mut left = skip;
+                while left > 0 {
+                    let n = left.min(scratch.len());
+                    s.read_exact(&mut scratch[..n]).await.map_err(closed)?;
+                    left -= n;
+                }
+                return Ok(source);
+            }
+            proxy::Header::Malformed(why) => return Err(NoProxyHeader::Malformed(why)),
+        }
+    }
+}
+
 /// Reads and answers the request head. Returns the upgraded WebSocket, the
-/// slots it holds (admission, and the token's own when capped) and who it
-/// is; None when the request was answered (or dropped) here.
+/// slots it holds (admission, and the token's own when capped), who it is
+/// and the client's address (behind a trusted proxy, the one it names);
+/// None when the request was answered (or dropped) here.
 async fn handshake_phase(
     stream: Async<TcpStream>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     live: &Live,
-) -> Option<(Ws, Box<dyn Send + Sync>, Identity)> {
-    // One deadline for the TLS handshake and the request head together.
+) -> Option<(Ws, Box<dyn Send + Sync>, Identity, SocketAddr)> {
+    // One deadline for the PROXY header, the TLS handshake and the request head together.
     let deadline = Instant::now() + live.handshake_timeout;
+    let m = &shared.metrics;
+    // Behind a reverse proxy: only a trusted peer may say who the client is.
+    let from_proxy = !live.trusted.is_empty() && net::any_contains(&live.trusted, peer.ip());
+    let mut client = peer;
+    if from_proxy && live.proxy_protocol {
+        let timeout = async {
+            Timer::at(deadline).await;
+            Err(NoProxyHeader::Timeout)
+        };
+        // Boxed: connections without a PROXY header do not carry its state.
+        match Box::pin(read_proxy_header(&stream)).or(timeout).await {
+            Ok(source) => client = source.unwrap_or(peer),
+            Err(NoProxyHeader::Closed) => return None,
+            Err(NoProxyHeader::Timeout) => {
+                m.refused(Refusal::Timeout);
+                debug!("{peer}: dropped: no PROXY protocol header in time");
+                return None;
+            }
+            Err(NoProxyHeader::Malformed(why)) => {
+                m.refused(Refusal::ProxyHeader);
+                debug!("{peer}: dropped: PROXY protocol header: {why}");
+                return None;
+            }
+        }
+    }
+    // The forwarding headers count when the client so far is a trusted proxy;
+    // the per-address checks then wait for them (the end of the head).
+    let forwarded = from_proxy && net::any_contains(&live.trusted, client.ip());
     let mut stream = match &live.tls {
         None => Socket::Plain(Raw::new(stream)),
         Some(tls) => {
@@ -320,8 +427,8 @@ async fn handshake_phase(
                 Ok(s) => Socket::Tls(Box::new(s)),
                 Err(e) => {
                     let why = if e.kind() == io::ErrorKind::TimedOut { Refusal::Timeout } else { Refusal::BadRequest };
-                    shared.metrics.refused(why);
-                    debug!("{peer}: TLS handshake failed: {e}");
+                    m.refused(why);
+                    debug!("{client}: TLS handshake failed: {e}");
                     return None;
                 }
             }
@@ -329,7 +436,6 @@ async fn handshake_phase(
     };
     let line_seen = AtomicBool::new(false);
     let mut buf = Vec::with_capacity(512);
-    let m = &shared.metrics;
     // Only /ws requests take a slot, from the moment their request line asks for it.
     let admit = |rl: &http::RequestLine| {
         if rl.path != "/ws" {
@@ -338,14 +444,17 @@ async fn handshake_phase(
         if shared.shutting_down.load(Relaxed) {
             return Err(HeadError::Refused(Refusal::ShuttingDown));
         }
-        shared.admission.try_admit(peer.ip()).map(Some).map_err(HeadError::Refused)
+        if forwarded {
+            return Ok(None);
+        }
+        shared.admission.try_admit(client.ip()).map(Some).map_err(HeadError::Refused)
     };
     let read = http::read_head(&mut stream, &mut buf, live.max_header_bytes, &line_seen, admit);
     let timeout = async {
         Timer::at(deadline).await;
         Err(None)
     };
-    let (head_len, line, slot) = match async { read.await.map_err(Some) }.or(timeout).await {
+    let (head_len, line, mut slot) = match async { read.await.map_err(Some) }.or(timeout).await {
         Ok(done) => done,
         Err(failure) => {
             let (why, answer) = match failure {
@@ -359,19 +468,11 @@ async fn handshake_phase(
                 Some(HeadError::Malformed) => {
                     (Refusal::BadRequest, Some(http::error_response(400, "malformed request", &[])))
                 }
-                Some(HeadError::Refused(Refusal::ShuttingDown)) => {
-                    (Refusal::ShuttingDown, Some(http::error_response(503, "shutting down", &[("Retry-After", "5")])))
-                }
-                Some(HeadError::Refused(Refusal::Capacity)) => {
-                    (Refusal::Capacity, Some(http::error_response(503, "server full", &[("Retry-After", "5")])))
-                }
-                Some(HeadError::Refused(r)) => {
-                    (r, Some(http::error_response(429, "too many connections from your address", &[])))
-                }
+                Some(HeadError::Refused(r)) => (r, Some(refused_answer(r))),
                 Some(HeadError::Closed) => return None,
             };
             m.refused(why);
-            debug!("{peer}: refused ({why:?})");
+            debug!("{client}: refused ({why:?})");
             if let Some(a) = answer {
                 http::send(&mut stream, &a).await;
             }
@@ -380,6 +481,25 @@ async fn handshake_phase(
     };
     let head = &buf[..head_len];
     let parsed = http::Head::parse(head);
+    if forwarded {
+        if let Ok(h) = &parsed {
+            let ip = proxy::client_address(h.all("x-forwarded-for"), h.all("forwarded"), client.ip(), &live.trusted);
+            if ip != client.ip() {
+                client = SocketAddr::new(ip, 0);
+            }
+        }
+        if line.path == "/ws" {
+            match shared.admission.try_admit(client.ip()) {
+                Ok(s) => slot = Some(s),
+                Err(why) => {
+                    m.refused(why);
+                    debug!("{client}: refused ({why:?}) via proxy {peer}");
+                    http::send(&mut stream, &refused_answer(why)).await;
+                    return None;
+                }
+            }
+        }
+    }
     let reply = |status, reason| http::error_response(status, reason, &[]);
     // A refused /ws request is counted under its reason (BadRequest unless said).
     let mut why = Refusal::BadRequest;
@@ -392,11 +512,11 @@ async fn handshake_phase(
                 Ok((upgrade, who)) => match token_slot(shared, &who) {
                     Ok(token_slot) => {
                         let (ws, slot) = upgraded(stream, buf, head_len, &upgrade, slot, live).await?;
-                        return Some((ws, Box::new((slot, token_slot)), who));
+                        return Some((ws, Box::new((slot, token_slot)), who, client));
                     }
                     Err(refusal) => {
                         why = refusal;
-                        debug!("{peer}: refused: token {:?} holds all its connections", who.name);
+                        debug!("{client}: refused: token {:?} holds all its connections", who.name);
                         reply(429, "too many connections with this token")
                     }
                 },
@@ -405,12 +525,12 @@ async fn handshake_phase(
                 }
                 Err(Reject { status: 401, reason }) => {
                     why = Refusal::Unauthorized;
-                    debug!("{peer}: refused: {reason}");
+                    debug!("{client}: refused: {reason}");
                     http::error_response(401, reason, &[("WWW-Authenticate", "Bearer")])
                 }
                 Err(Reject { status: 403, reason }) => {
                     why = Refusal::Origin;
-                    debug!("{peer}: refused: Origin {:?}", head.get("origin").map(String::from_utf8_lossy));
+                    debug!("{client}: refused: Origin {:?}", head.get("origin").map(String::from_utf8_lossy));
                     reply(403, reason)
                 }
                 Err(Reject { status, reason }) => reply(status, reason),

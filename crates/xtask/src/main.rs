@@ -34,6 +34,7 @@ const NEEDS: &[Need] = &[
     Need { program: "systemd-analyze", package: "systemd", used_by: "the unit files' verify and security tests" },
     Need { program: "dpkg-deb", package: "dpkg", used_by: "the package test" },
     Need { program: "ip", package: "iproute2", used_by: "the half-open test's network namespaces" },
+    Need { program: "haproxy", package: "haproxy", used_by: "the reverse-proxy test" },
 ];
 
 /// Directories searched besides `PATH`: a user's PATH often lacks the sbin ones.
