@@ -199,7 +199,7 @@ pub fn b64url(s: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::jwt::{Alg, KeyFile};
     use ring::rand::SystemRandom;
@@ -208,7 +208,8 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-    fn enc(b: &[u8]) -> String {
+    /// base64url without padding (the server only decodes; `auth.rs`'s tests sign with it too).
+    pub(in crate::listener) fn enc(b: &[u8]) -> String {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in b.chunks(3) {
