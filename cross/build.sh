@@ -6,10 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . cross/env.sh "$1"
 
-if [ ${#BUILD_STD[@]} -gt 0 ]; then
-    BUILD_STD=(-Zbuild-std=std,panic_abort)
-fi
-"$CARGO" build "${BUILD_STD[@]}" --release --target "$TARGET" -p edgepush --bin edgepush
+# std is built from source (rust-web-src) for the release binary of either
+# target, so that it is optimized for size with the rest under LTO and, like
+# the rest, carries no unwind tables: with panic = "abort" nothing unwinds,
+# and the tables (most of them std's prebuilt ones) were a tenth of the
+# aarch64 binary. A panic still prints its message; a backtrace, if asked for
+# with RUST_BACKTRACE, has no frames. (README "Building for a board".)
+apt_install rust-web-src
+export RUSTC_BOOTSTRAP=1
+export "CARGO_TARGET_${TRIPLE_ENV}_RUSTFLAGS=-C force-unwind-tables=no"
+"$CARGO" build -Zbuild-std=std,panic_abort --release --target "$TARGET" -p edgepush --bin edgepush
 BIN="$CARGO_TARGET_DIR/$TARGET/release/edgepush"
 SIZE=$(stat -c %s "$BIN")
 BUDGET=$(grep -v '^#' cross/size-budget-bytes | tr -d '[:space:]')

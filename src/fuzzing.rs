@@ -11,8 +11,8 @@ use crate::hub::index::FilterIndex;
 use crate::hub::{BridgeMsg, Hub, HubCmd, HubConfig};
 use crate::listener::auth::{sha256, Authenticator};
 use crate::listener::http::{self, Head, HeadError};
-use crate::listener::{json, jwt as token};
 use crate::listener::proxy::{self, Header};
+use crate::listener::{json, jwt as token};
 use crate::metrics::Metrics;
 use crate::net::Net;
 use crate::outbox::Outbox;
@@ -25,15 +25,14 @@ use edgepush_protocol::{ClientMsg, ServerMsg, Value};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/` and `fuzz/regressions/` name them.
-pub const TARGETS: &[(&str, Target)] =
-    &[
-        ("client_msg", client_msg),
-        ("http_head", http_head),
-        ("jwt", jwt),
-        ("proxy", proxy),
-        ("topic", topic),
-        ("value", value),
-    ];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("client_msg", client_msg),
+    ("http_head", http_head),
+    ("jwt", jwt),
+    ("proxy", proxy),
+    ("topic", topic),
+    ("value", value),
+];
 
 /// ClientMsg decoding and the hub's handling of what decodes: the input is a
 /// sequence of `[len: u8][bytes]` chunks, each one client message from one

@@ -237,7 +237,8 @@ mod tests {
         // header {"alg":"HS256"}, claims {"sub":"s","exp":2000000000}, signed with the secret.
         let input = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzIiwiZXhwIjoyMDAwMDAwMDAwfQ";
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-        let token = format!("{input}.{}", crate::listener::jwt::tests::enc(ring::hmac::sign(&k, input.as_bytes()).as_ref()));
+        let token =
+            format!("{input}.{}", crate::listener::jwt::tests::enc(ring::hmac::sign(&k, input.as_bytes()).as_ref()));
         let id = with_jwt.check_at(Some(token.as_bytes()), 1_999_999_999_000).ok().unwrap();
         assert_eq!((id.name.as_deref(), id.expires_ms, id.max_connections), (Some("s"), Some(2_000_000_000_000), None));
         assert_eq!(
@@ -245,7 +246,6 @@ mod tests {
             Some(Denied::Jwt(Rejected::Expired))
         );
     }
-
 
     #[test]
     fn a_token_is_found_in_header_then_query_then_cookie() {
