@@ -6,13 +6,14 @@
 # The sha256 of this file (packages, hooks, initramfs) and the architecture
 # name the cache entry: an unchanged file is built once.
 #
-# Costs, measured on a 2-core machine (TCG-free: only the foreign maintainer
-# scripts are emulated): amd64 about 1 minute; arm64 a few minutes, all of it
-# maintainer scripts under qemu-user. What made arm64 cheap: no
-# initramfs-tools (a dummy package provides linux-initramfs-tool, and the
-# initramfs is a busybox shell script plus the five modules the root disk
-# needs, packed on the host), SSH host keys made on the host, no
-# documentation, no recommends.
+# Costs, measured on a 2-core machine shared with other builds: amd64 about
+# 4 minutes, mostly downloads; arm64 about 25 minutes, nearly all of it dpkg
+# and the maintainer scripts under qemu-user (the essential set alone is most
+# of it). What is kept out of the arm64 build: initramfs-tools (a dummy
+# package provides linux-initramfs-tool; the initramfs is a busybox shell
+# script plus the few modules the root disk needs, packed here on the host),
+# SSH host key generation (the keys are made on the host), documentation,
+# recommends.
 #
 # Usage (as root): cross/gateway-image.sh ARCH OUTDIR PUBKEY
 #   writes OUTDIR/{disk.img,vmlinuz,initrd.img}; PUBKEY is root's authorized key.

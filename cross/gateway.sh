@@ -13,6 +13,7 @@
 #   cross/gateway.sh amd64|arm64           build or reuse the image, boot, check
 #   cross/gateway.sh amd64|arm64 shell     boot, install the package, leave it
 #                                          running and print how to log in
+#   cross/gateway.sh tools                 only install the host's packages
 #
 # The image (cross/gateway-image.sh) is cached in $GATEWAY_CACHE (default
 # ~/.cache/edgepush-gateway) under the sha256 of that script, which holds the
@@ -25,6 +26,7 @@ cd "$(dirname "$0")/.."
 
 ARCH=${1:-}
 MODE=${2:-check}
+USAGE="usage: cross/gateway.sh amd64|arm64 [check|shell], or cross/gateway.sh tools"
 case "$ARCH" in
     amd64)
         QEMU=(qemu-system-x86_64 -machine pc)
@@ -36,13 +38,14 @@ case "$ARCH" in
         CONSOLE=ttyAMA0
         TARGET=aarch64-unknown-linux-gnu
         ;;
+    tools) ;;
     *)
-        echo "usage: cross/gateway.sh amd64|arm64 [check|shell]" >&2
+        echo "$USAGE" >&2
         exit 64
         ;;
 esac
 case "$MODE" in check | shell) ;; *)
-    echo "usage: cross/gateway.sh amd64|arm64 [check|shell]" >&2
+    echo "$USAGE" >&2
     exit 64
     ;;
 esac
@@ -127,7 +130,8 @@ binfmt_on() {
 # cross/gateway-image.sh.
 image() {
     local key
-    key=$( (echo "$ARCH"; cat cross/gateway-image.sh) | sha256sum | cut -c1-16)
+    # Comments do not change the image.
+    key=$( (echo "$ARCH"; grep -v '^[[:space:]]*#' cross/gateway-image.sh) | sha256sum | cut -c1-16)
     IMG=$CACHE/$ARCH-$key
     if [ -f "$IMG/disk.img" ]; then
         echo "cached: $IMG"
@@ -218,10 +222,11 @@ wait_ssh() {
 
 # Polls a command until it succeeds: until_ok SECONDS WHAT CMD...
 until_ok() {
-    local deadline=$((SECONDS + $1)) what=$2
+    local limit=$1 what=$2
+    local deadline=$((SECONDS + limit))
     shift 2
     until "$@"; do
-        [ $SECONDS -lt $deadline ] || fail "$what: not within $((deadline - SECONDS + $1)) s"
+        [ $SECONDS -lt $deadline ] || fail "$what: not within $limit s"
         sleep 1
     done
 }
@@ -499,6 +504,7 @@ EOF
 # The whole body is one function, so bash has read all of it before it runs.
 main() {
     install_tools
+    [ "$ARCH" != tools ] || exit 0
     phase "image"
     image
     phase "package"
