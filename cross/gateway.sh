@@ -439,7 +439,8 @@ async def main():
     os._exit(0)
 asyncio.run(main())
 EOF
-    local hold=$((40 * SLOW))
+    # Longer than a heartbeat interval plus its timeout (15 + 10 s).
+    local hold=40
     timeout $((hold + 200)) python3 "$RUN/idle.py" "$WEB_PORT" "$TOKEN" 500 "$hold" >"$RUN/idle.out" 2>&1 &
     local py=$!
     until_ok $((150 * SLOW)) "500 idle clients connected" grep -q '^open\|failed' "$RUN/idle.out"
