@@ -80,6 +80,8 @@ fail() {
 
 cleanup() {
     local rc=$?
+    # The host's watch client reconnects until it is stopped.
+    [ -z "${WATCH_PID:-}" ] || kill "$WATCH_PID" 2>/dev/null || true
     if [ -n "$VM_PID" ] && kill -0 "$VM_PID" 2>/dev/null; then
         kill "$VM_PID" 2>/dev/null || true
         sleep 1
@@ -536,3 +538,4 @@ main() {
 }
 
 main
+exit
