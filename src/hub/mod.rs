@@ -2,6 +2,7 @@
 //! subscription index and every connection's subscriptions. Sessions and the
 //! MQTT bridge talk to it over channels; it never waits on a connection.
 
+pub(crate) mod history;
 pub(crate) mod index;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -99,6 +100,8 @@ struct Conn {
     /// The seq of the last live event delivered, to deliver once per connection.
     last_seq: u64,
     lag: Option<Lag>,
+    /// The connection's History budget (docs/PROTOCOL.md §6.13).
+    history: history::Budget,
 }
 
 impl Conn {
@@ -240,6 +243,7 @@ impl Hub {
                     declared: Vec::new(),
                     last_seq: 0,
                     lag: None,
+                    history: history::Budget::new(Instant::now()),
                 };
                 self.conns.insert(conn, c);
             }
@@ -440,6 +444,16 @@ impl Hub {
                 match check_subscribe(c, usize::from(self.cfg.max_filters), id, &filters) {
                     Err(e) => c.outbox.push(e),
                     Ok(()) => self.subscribe(conn, id, filters, resume),
+                }
+            }
+            ClientMsg::History { id, filters, per_topic } => {
+                let max = usize::from(self.cfg.max_filters);
+                match history::check(&c.perms, max, id, &filters).and_then(|()| c.history.take(id, Instant::now())) {
+                    Err(e) => c.outbox.push(e),
+                    Ok(()) => {
+                        let answer = history::answer(&self.topics, &self.history, &filters, per_topic);
+                        history::queue(c, &self.topics, id, answer, self.seq);
+                    }
                 }
             }
         }

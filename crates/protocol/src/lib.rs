@@ -34,6 +34,6 @@ pub mod rng;
 pub mod topic;
 pub mod value;
 
-pub use msg::{ClientMsg, DecodeError, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION, SUBPROTOCOL};
+pub use msg::{ClientMsg, DecodeError, Point, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION, SUBPROTOCOL};
 pub use topic::Permissions;
 pub use value::Value;
