@@ -328,7 +328,10 @@ fn the_dashboard_paints_sparklines_from_history_at_first_load() {
         // No live event has arrived: the resume point is the snapshot's Synced, 24.
         assert_eq!(cdp.eval("Number(window.edgepush.lastSeq)").await, json!(24));
         // A Text topic gets no sparkline and no error.
-        assert_eq!(cdp.eval("document.querySelector('[data-topic=\"hist/door\"]').dataset.points ?? 'none'").await, json!("none"));
+        assert_eq!(
+            cdp.eval("document.querySelector('[data-topic=\"hist/door\"]').dataset.points ?? 'none'").await,
+            json!("none")
+        );
         assert_eq!(cdp.eval("document.getElementById('notice').hidden").await, json!(true));
     });
     drop(server);

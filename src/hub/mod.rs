@@ -812,7 +812,11 @@ mod tests {
         let (mut h, ob, _) = hub(16);
         h.conns.get_mut(&1).unwrap().perms = Arc::new(Permissions { subscribe: vec!["a/#".into()], publish: vec![] });
         drain(&ob);
-        let hist = |id, f: &[&str]| ClientMsg::History { id, filters: f.iter().map(|s| s.to_string()).collect(), per_topic: 4 };
+        let hist = |id, f: &[&str]| ClientMsg::History {
+            id,
+            filters: f.iter().map(|s| s.to_string()).collect(),
+            per_topic: 4,
+        };
         req(&mut h, hist(1, &[]));
         req(&mut h, hist(2, &["a/#/b"]));
         req(&mut h, hist(3, &["b"]));
