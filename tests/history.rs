@@ -9,7 +9,7 @@ mod common;
 
 use async_tungstenite::tungstenite::Message;
 use common::*;
-use edgepush_client::{with_token, Client, ClientError};
+use edgepush_client::{with_token, Backoff, Client, ClientError, Follower, Update};
 use edgepush_protocol::msg::HISTORY_MAX_PER_TOPIC;
 use edgepush_protocol::{ClientMsg, Point, ServerMsg, SyncMode, Value};
 
@@ -195,4 +195,40 @@ fn out_of_scope_is_403_a_third_at_once_is_429_and_a_malformed_history_closes_100
         };
         assert_eq!(close.map(|(code, _)| code), Some(1007));
     });
+}
+
+#[test]
+fn a_follower_with_history_reports_past_values_after_its_synced() {
+    let broker = Broker::start();
+    let (_d, addr, url) = start(&broker);
+    publish_before(&broker, addr, 4);
+    let mut f = Follower::new(&url, &["h/#"], Backoff::default()).with_history(2);
+    let updates = block_on_timeout(20_000, "the follower's answers", async {
+        let mut out = Vec::new();
+        loop {
+            let u = f.next().await;
+            let done = matches!(u, Update::HistoryDone { .. });
+            out.push(u);
+            if done {
+                return out;
+            }
+        }
+    });
+    let kinds: Vec<String> = updates
+        .iter()
+        .map(|u| match u {
+            Update::Connected { .. } => "connected".into(),
+            Update::Event { topic, .. } => format!("event {topic}"),
+            Update::Synced { seq, .. } => format!("synced {seq}"),
+            Update::Past { topic, points } => format!("past {topic} {:?}", numbers(points)),
+            Update::HistoryDone { seq, truncated } => format!("done {seq} {truncated}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["connected", "event h/a", "event h/b", "synced 5", "past h/a [3.0, 4.0]", "past h/b [1000.0]", "done 5 false"]
+    );
+    assert_eq!(f.resume_point().map(|r| r.last_seq), Some(5));
+    assert_eq!(f.ledger().received_count(f.resume_point().unwrap().epoch), 2, "Past values are not in the ledger");
 }

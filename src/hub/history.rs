@@ -64,10 +64,13 @@ pub(crate) fn check(perms: &Permissions, max: usize, id: u32, filters: &[String]
     Ok(())
 }
 
+/// One point of an answer: seq, ts_ms and the encoded value (borrowed from the ring).
+type RawPoint<'a> = (u64, u64, &'a [u8]);
+
 /// What a History answers: per topic its points (seq, ts_ms, encoded value),
 /// oldest first, topics ordered by the seq of their newest point.
 pub(super) struct Answer<'a> {
-    pub(super) topics: Vec<(u32, Vec<(u64, u64, &'a [u8])>)>,
+    pub(super) topics: Vec<(u32, Vec<RawPoint<'a>>)>,
     pub(super) truncated: bool,
 }
 
@@ -86,7 +89,7 @@ pub(super) fn answer<'a>(
         topics.iter().map(|t| per_topic > 0 && filters.iter().any(|f| topic::matches(f, &t.name))).collect();
     let open = matching.iter().filter(|m| **m).count();
     // Per topic: its points so far, and whether it takes no more.
-    let mut got: HashMap<u32, (Vec<(u64, u64, &[u8])>, bool)> = HashMap::new();
+    let mut got: HashMap<u32, (Vec<RawPoint>, bool)> = HashMap::new();
     let (mut closed, mut points, mut value_bytes, mut truncated) = (0, 0, 0, false);
     for h in ring.iter().rev() {
         if closed == open {
@@ -118,7 +121,7 @@ pub(super) fn answer<'a>(
         *done = true;
         closed += 1;
     }
-    let mut out: Vec<(u32, Vec<(u64, u64, &[u8])>)> = got
+    let mut out: Vec<(u32, Vec<RawPoint>)> = got
         .into_iter()
         .filter(|(_, (v, _))| !v.is_empty())
         .map(|(id, (mut v, _))| {
