@@ -49,7 +49,7 @@ function tile(name) {
   // Keep tiles in name order.
   const after = [...st.tiles.keys()].sort().find((n) => n > name);
   $('tiles').insertBefore(el, after ? st.tiles.get(after).el : null);
-  t = { el, points: [], seqs: [], ts: 0, seen: 0 };
+  t = { el, points: [], at: [], ts: 0, seen: 0 };
   st.tiles.set(name, t);
   $('empty').hidden = true;
   return t;
@@ -82,14 +82,15 @@ function update(m) {
   t.seen = performance.now();
   if (num !== null) {
     t.points.push(num);
-    t.seqs.push(Number(m.seq));
-    if (t.points.length > SPARK_POINTS) { t.points.shift(); t.seqs.shift(); }
+    t.at.push([Number(m.ts_ms), Number(m.seq)]);
+    if (t.points.length > SPARK_POINTS) { t.points.shift(); t.at.shift(); }
     spark(t);
   }
 }
 
 // History on first paint (PROTOCOL.md §6.13): after a snapshot, the last values of
-// each topic from the server's ring, merged with the live ones by seq.
+// each topic from the server's ring, merged with the live ones by (ts, seq): seqs
+// start again after a server restart, its clock does not.
 async function fillHistory() {
   st.history = true;
   const answer = await f.history(f.filters, SPARK_POINTS).catch(() => null);
@@ -97,13 +98,15 @@ async function fillHistory() {
   for (const { topic, points } of answer?.topics ?? []) {
     const t = st.tiles.get(topic);
     if (!t) continue;
-    const by = new Map(t.seqs.map((q, i) => [q, t.points[i]]));
+    const by = new Map(t.at.map((a, i) => [a.join(), [a, t.points[i]]]));
     for (const p of points) {
       const v = p.value, n = v.kind === 'Number' ? v.value : v.kind === 'Fields' && v.fields.length ? v.fields[0][1] : null;
-      if (n !== null) by.set(Number(p.seq), n);
+      const a = [Number(p.ts_ms), Number(p.seq)];
+      if (n !== null) by.set(a.join(), [a, n]);
     }
-    t.seqs = [...by.keys()].sort((a, b) => a - b).slice(-SPARK_POINTS);
-    t.points = t.seqs.map((q) => by.get(q));
+    const all = [...by.values()].sort(([a], [b]) => a[0] - b[0] || a[1] - b[1]).slice(-SPARK_POINTS);
+    t.at = all.map(([a]) => a);
+    t.points = all.map(([, n]) => n);
     if (t.points.length) spark(t);
   }
 }
