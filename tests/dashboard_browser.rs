@@ -289,3 +289,50 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
     }
     drop(server);
 }
+
+/// History on first paint: values published before the page opened fill a
+/// sparkline from the server's history ring, with no live event since.
+#[test]
+fn the_dashboard_paints_sparklines_from_history_at_first_load() {
+    let broker = Broker::start();
+    let cfg = config(broker.port, "");
+    let server = Server::start_linked(&cfg);
+    let addr = server.addr;
+    let mut publisher = Publisher::connect(broker.port);
+    for round in 0..12 {
+        publisher.publish("hist/t", format!("{}", 20 + round % 5));
+        publisher.publish("hist/door", if round % 2 == 0 { "open" } else { "closed" });
+    }
+    publisher.flush();
+    let m = server.metrics();
+    wait_until(5000, "the server to take every value", || m.events_in.load(Relaxed) >= 24);
+    let browser = Browser::launch();
+    let page_url = format!("http://{addr}/?filter=hist/%23");
+    block_on_timeout(60_000, "browser test", async {
+        let mut cdp = Cdp::connect(&browser.ws_url).await;
+        let target = cdp.call("Target.createTarget", json!({ "url": "about:blank" })).await;
+        let attached =
+            cdp.call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true })).await;
+        cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+        cdp.call("Page.enable", json!({})).await;
+        cdp.call("Page.navigate", json!({ "url": page_url })).await;
+        cdp.wait_for(10_000, "the page to go live", "document.getElementById('conn')?.dataset.state === 'live'").await;
+        let spark = "document.querySelector('[data-topic=\"hist/t\"]')";
+        cdp.wait_for(5000, "twelve points in the sparkline", &format!("{spark}?.dataset.points === '12'")).await;
+        // Drawn: the canvas has ink, from history alone (the snapshot is one value).
+        let ink = format!(
+            "(() => {{ const c = {spark}.querySelector('canvas'); \
+             return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((x, i) => i % 4 === 3 && x > 0); }})()"
+        );
+        assert_eq!(cdp.eval(&ink).await, json!(true));
+        // No live event has arrived: the resume point is the snapshot's Synced, 24.
+        assert_eq!(cdp.eval("Number(window.edgepush.lastSeq)").await, json!(24));
+        // A Text topic gets no sparkline and no error.
+        assert_eq!(
+            cdp.eval("document.querySelector('[data-topic=\"hist/door\"]').dataset.points ?? 'none'").await,
+            json!("none")
+        );
+        assert_eq!(cdp.eval("document.getElementById('notice').hidden").await, json!(true));
+    });
+    drop(server);
+}

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use edgepush_protocol::{ClientMsg, Resume, ServerMsg, SyncMode, Value};
+use edgepush_protocol::{ClientMsg, Point, Resume, ServerMsg, SyncMode, Value};
 use serde_json::{json, Value as Json};
 
 fn hex(b: &[u8]) -> String {
@@ -55,6 +55,14 @@ fn msg(m: &ServerMsg) -> Json {
         ServerMsg::Pong { nonce } => json!({ "type": "Pong", "nonce": nonce }),
         ServerMsg::Heartbeat { ts_ms } => json!({ "type": "Heartbeat", "ts_ms": u(*ts_ms) }),
         ServerMsg::Lagged { skipped } => json!({ "type": "Lagged", "skipped": skipped }),
+        ServerMsg::Past { topic, points } => json!({
+            "type": "Past", "topic": topic,
+            "points": points.iter().map(|p| json!({ "seq": u(p.seq), "ts_ms": u(p.ts_ms), "value": value(&p.value) }))
+                .collect::<Vec<_>>()
+        }),
+        ServerMsg::HistoryDone { id, seq, truncated } => {
+            json!({ "type": "HistoryDone", "id": id, "seq": u(*seq), "truncated": truncated })
+        }
     }
 }
 
@@ -115,6 +123,22 @@ fn server_vectors() -> Vec<(String, Vec<ServerMsg>)> {
     one("Pong", ServerMsg::Pong { nonce: u32::MAX });
     one("Heartbeat", ServerMsg::Heartbeat { ts_ms: 1_764_337_000_123 });
     one("Lagged", ServerMsg::Lagged { skipped: 128 });
+    let point = |seq: u64, value| Point { seq, ts_ms: 1_700_000_000_000 + (seq % 1000), value };
+    one(
+        "Past",
+        ServerMsg::Past {
+            topic: 300,
+            points: vec![
+                point(1, Value::Number(21.5)),
+                point(128, Value::Fields(vec![("w".into(), 820.5)])),
+                point((1 << 53) + 1, Value::Text("é".into())),
+                point(u64::MAX, Value::Bytes(vec![0, 0xff])),
+            ],
+        },
+    );
+    one("Past empty", ServerMsg::Past { topic: 0, points: vec![] });
+    one("HistoryDone", ServerMsg::HistoryDone { id: 2, seq: 16384, truncated: false });
+    one("HistoryDone truncated", ServerMsg::HistoryDone { id: u32::MAX, seq: u64::MAX, truncated: true });
     v.push((
         "frame with several messages".into(),
         vec![
@@ -126,13 +150,25 @@ fn server_vectors() -> Vec<(String, Vec<ServerMsg>)> {
             ServerMsg::Heartbeat { ts_ms: 5 },
         ],
     ));
+    v.push((
+        "frame with a history answer".into(),
+        vec![
+            ServerMsg::Topic { id: 4, name: "c".into() },
+            ServerMsg::Past { topic: 4, points: vec![point(5, Value::Number(1.0)), point(9, Value::Number(2.0))] },
+            ServerMsg::Event { topic: 4, seq: 10, ts_ms: 11, value: Value::Number(3.0) },
+            ServerMsg::HistoryDone { id: 2, seq: 9, truncated: false },
+        ],
+    ));
     v
 }
 
 /// Bytes that are not ServerMsg values: the decoder must throw.
 fn invalid_vectors() -> Vec<(&'static str, Vec<u8>)> {
     vec![
-        ("unknown ServerMsg variant", vec![10]),
+        ("unknown ServerMsg variant", vec![12]),
+        ("Past cut off in a point", vec![10, 0, 1, 5]),
+        ("HistoryDone bad bool", vec![11, 1, 1, 2]),
+        ("Past count past the end", vec![10, 0, 0xff, 0x01, 1, 2, 0]),
         ("truncated f64", vec![2, 0, 1, 2, 0, 0, 0]),
         ("string past the end", vec![1, 0, 5, b'a']),
         ("invalid UTF-8", vec![1, 0, 2, 0xc3, 0x28]),
@@ -166,6 +202,14 @@ fn client_vectors() -> Vec<(ClientMsg, Json)> {
             json!({ "type": "Publish", "req": 9, "topic": "cmd/lamp", "payload": "6f6e", "retain": true }),
         ),
         (ClientMsg::Ping { nonce: u32::MAX }, json!({ "type": "Ping", "nonce": 4294967295u32 })),
+        (
+            ClientMsg::History { id: 2, filters: vec!["sensors/#".into(), "é/+".into()], per_topic: 60 },
+            json!({ "type": "History", "id": 2, "filters": ["sensors/#", "é/+"], "per_topic": 60 }),
+        ),
+        (
+            ClientMsg::History { id: 70000, filters: vec!["#".into()], per_topic: u16::MAX },
+            json!({ "type": "History", "id": 70000, "filters": ["#"], "per_topic": 65535 }),
+        ),
     ]
 }
 

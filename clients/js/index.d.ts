@@ -23,7 +23,27 @@ export type ServerMsg =
   | { type: 'Broker'; up: boolean }
   | { type: 'Pong'; nonce: number }
   | { type: 'Heartbeat'; ts_ms: U64 }
-  | { type: 'Lagged'; skipped: number };
+  | { type: 'Lagged'; skipped: number }
+  | { type: 'Past'; topic: number; points: Point[] }
+  | { type: 'HistoryDone'; id: number; seq: U64; truncated: boolean };
+
+/** One earlier event of a topic, in a Past (docs/PROTOCOL.md §6.13). */
+export interface Point {
+  seq: U64;
+  ts_ms: U64;
+  value: Value;
+}
+
+/** The answer to Follower.history(). */
+export interface HistoryAnswer {
+  id: number;
+  /** The server's seq when the answer was made. */
+  seq: U64;
+  /** Some points were left out by the server's bounds (the newest were kept). */
+  truncated: boolean;
+  /** Per topic its points, oldest first; topics ordered by their newest point. */
+  topics: { topic: string; points: Point[] }[];
+}
 
 export interface Resume {
   epoch: U64;
@@ -35,7 +55,8 @@ export type ClientMsg =
   | { type: 'Subscribe'; id: number; filters: string[]; resume: Resume | null }
   | { type: 'Unsubscribe'; id: number }
   | { type: 'Publish'; req: number; topic: string; payload: Uint8Array; retain: boolean }
-  | { type: 'Ping'; nonce: number };
+  | { type: 'Ping'; nonce: number }
+  | { type: 'History'; id: number; filters: string[]; per_topic: number };
 
 /** Thrown by decodeAll on bytes that are not ServerMsg values. */
 export class DecodeError extends Error {}
@@ -92,6 +113,8 @@ export interface FollowerEvents {
   disconnected: { reason: string; code: number | null; retryIn: number };
   /** A server Error (kind 'server'), a protocol error such as a bad frame (kind 'protocol'), or no WebSocket (kind 'setup'). */
   error: { kind: 'server' | 'protocol' | 'setup'; message: string; code?: number; req?: number };
+  /** Earlier events of one topic, from an answer to history(). Not live. */
+  past: { topic: string; points: Point[] };
   /** Every decoded ServerMsg, before the follower handles it. */
   message: ServerMsg;
   /** close() was called. */
@@ -129,6 +152,8 @@ export class Follower extends EventTarget {
   setFilters(filters: string[]): void;
   /** Publishes through the gateway; resolves on Ack, rejects on Error (with .code) or a lost connection. */
   publish(topic: string, payload: string | Uint8Array, options?: { retain?: boolean }): Promise<void>;
+  /** Up to `perTopic` (default 60, the server caps it at 64) recent events per topic the filters (default: the follower's) match; rejects on Error (with .code, e.g. 403, 429) or a lost connection. Never moves the resume point. */
+  history(filters?: string[], perTopic?: number): Promise<HistoryAnswer>;
   /** A round trip through the server's request queue; resolves to the time in ms. */
   ping(): Promise<number>;
   /** Reconnects now if waiting out the backoff delay. */

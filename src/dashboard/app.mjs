@@ -23,8 +23,10 @@ f.on('snapshot', ({ topics }) => {
   const keep = new Set(topics);
   for (const [name, t] of st.tiles) if (!keep.has(name)) { t.el.remove(); st.tiles.delete(name); }
 });
+f.on('synced', (m) => m.mode === 'Snapshot' && fillHistory());
 f.on('lagged', (m) => notice(`This screen fell behind: ${m.skipped} updates skipped; showing the latest values.`));
 f.on('error', (e) => {
+  if (e.kind === 'server' && st.history && e.code === 429) return;
   if (e.kind === 'server') notice(`Server refused request ${e.req}: ${e.code} ${e.message}`);
   else console.error('edgepush:', e.message);
 });
@@ -47,7 +49,7 @@ function tile(name) {
   // Keep tiles in name order.
   const after = [...st.tiles.keys()].sort().find((n) => n > name);
   $('tiles').insertBefore(el, after ? st.tiles.get(after).el : null);
-  t = { el, points: [], ts: 0, seen: 0 };
+  t = { el, points: [], at: [], ts: 0, seen: 0 };
   st.tiles.set(name, t);
   $('empty').hidden = true;
   return t;
@@ -80,12 +82,37 @@ function update(m) {
   t.seen = performance.now();
   if (num !== null) {
     t.points.push(num);
-    if (t.points.length > SPARK_POINTS) t.points.shift();
+    t.at.push([Number(m.ts_ms), Number(m.seq)]);
+    if (t.points.length > SPARK_POINTS) { t.points.shift(); t.at.shift(); }
     spark(t);
   }
 }
 
+// History on first paint (PROTOCOL.md §6.13): after a snapshot, the last values of
+// each topic from the server's ring, merged with the live ones by (ts, seq): seqs
+// start again after a server restart, its clock does not.
+async function fillHistory() {
+  st.history = true;
+  const answer = await f.history(f.filters, SPARK_POINTS).catch(() => null);
+  st.history = false;
+  for (const { topic, points } of answer?.topics ?? []) {
+    const t = st.tiles.get(topic);
+    if (!t) continue;
+    const by = new Map(t.at.map((a, i) => [a.join(), [a, t.points[i]]]));
+    for (const p of points) {
+      const v = p.value, n = v.kind === 'Number' ? v.value : v.kind === 'Fields' && v.fields.length ? v.fields[0][1] : null;
+      const a = [Number(p.ts_ms), Number(p.seq)];
+      if (n !== null) by.set(a.join(), [a, n]);
+    }
+    const all = [...by.values()].sort(([a], [b]) => a[0] - b[0] || a[1] - b[1]).slice(-SPARK_POINTS);
+    t.at = all.map(([a]) => a);
+    t.points = all.map(([, n]) => n);
+    if (t.points.length) spark(t);
+  }
+}
+
 function spark(t) {
+  t.el.dataset.points = t.points.length;
   const c = t.el.querySelector('canvas'), g = c.getContext('2d');
   g.clearRect(0, 0, c.width, c.height);
   if (t.points.length < 2) return;

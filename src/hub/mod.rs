@@ -2,6 +2,7 @@
 //! subscription index and every connection's subscriptions. Sessions and the
 //! MQTT bridge talk to it over channels; it never waits on a connection.
 
+pub(crate) mod history;
 pub(crate) mod index;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -99,6 +100,8 @@ struct Conn {
     /// The seq of the last live event delivered, to deliver once per connection.
     last_seq: u64,
     lag: Option<Lag>,
+    /// The connection's History budget (docs/PROTOCOL.md §6.13).
+    history: history::Budget,
 }
 
 impl Conn {
@@ -240,6 +243,7 @@ impl Hub {
                     declared: Vec::new(),
                     last_seq: 0,
                     lag: None,
+                    history: history::Budget::new(Instant::now()),
                 };
                 self.conns.insert(conn, c);
             }
@@ -440,6 +444,16 @@ impl Hub {
                 match check_subscribe(c, usize::from(self.cfg.max_filters), id, &filters) {
                     Err(e) => c.outbox.push(e),
                     Ok(()) => self.subscribe(conn, id, filters, resume),
+                }
+            }
+            ClientMsg::History { id, filters, per_topic } => {
+                let max = usize::from(self.cfg.max_filters);
+                match history::check(&c.perms, max, id, &filters).and_then(|()| c.history.take(id, Instant::now())) {
+                    Err(e) => c.outbox.push(e),
+                    Ok(()) => {
+                        let answer = history::answer(&self.topics, &self.history, &filters, per_topic);
+                        history::queue(c, &self.topics, id, answer, self.seq);
+                    }
                 }
             }
         }
@@ -754,5 +768,73 @@ mod tests {
             vec![(409, 1), (400, 2), (400, 2), (413, 2), (404, 9), (400, 5), (403, 6), (503, 7), (200, 8), (0, 42)]
         );
         assert_eq!(publishes.try_recv().unwrap(), Publish { topic: "cmd/x".into(), payload: vec![1], retain: true });
+    }
+
+    fn past(got: &[ServerMsg]) -> Vec<(u32, Vec<u64>)> {
+        got.iter()
+            .filter_map(|m| match m {
+                ServerMsg::Past { topic, points } => Some((*topic, points.iter().map(|p| p.seq).collect())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn history_answers_the_newest_per_topic_oldest_first_and_moves_nothing() {
+        let (mut h, ob, _) = hub(16);
+        drain(&ob);
+        for (t, v) in [("a", 1.0), ("b", 2.0), ("a", 3.0), ("c", 4.0), ("a", 5.0)] {
+            publish(&mut h, t, v);
+        }
+        // The ring (4) holds seqs 2..=5.
+        req(&mut h, ClientMsg::History { id: 7, filters: vec!["a".into(), "b".into()], per_topic: 1 });
+        let got = drain(&ob);
+        assert_eq!(past(&got), vec![(1, vec![2]), (0, vec![5])], "{got:?}");
+        assert_eq!(got[0], ServerMsg::Topic { id: 1, name: "b".into() });
+        assert_eq!(got.last(), Some(&ServerMsg::HistoryDone { id: 7, seq: 5, truncated: false }));
+        assert_eq!(h.conns[&1].last_seq, 0, "no live delivery was recorded");
+        assert!(h.conns[&1].subs.is_empty());
+        req(&mut h, ClientMsg::History { id: 8, filters: vec!["#".into()], per_topic: u16::MAX });
+        let got = drain(&ob);
+        assert_eq!(past(&got), vec![(1, vec![2]), (2, vec![4]), (0, vec![3, 5])], "{got:?}");
+        // Declared once per connection: only c is new.
+        assert_eq!(got.iter().filter(|m| matches!(m, ServerMsg::Topic { .. })).count(), 1);
+        // The budget (2) is used up: 429, and it comes back with time.
+        req(&mut h, ClientMsg::History { id: 9, filters: vec!["#".into()], per_topic: 1 });
+        assert!(matches!(drain(&ob)[..], [ServerMsg::Error { code: 429, req: 9, .. }]));
+        h.conns.get_mut(&1).unwrap().history = history::Budget::new(Instant::now());
+        req(&mut h, ClientMsg::History { id: 10, filters: vec!["#".into()], per_topic: 0 });
+        assert_eq!(drain(&ob), vec![ServerMsg::HistoryDone { id: 10, seq: 5, truncated: false }]);
+    }
+
+    #[test]
+    fn history_refusals_and_byte_bound() {
+        let (mut h, ob, _) = hub(16);
+        h.conns.get_mut(&1).unwrap().perms = Arc::new(Permissions { subscribe: vec!["a/#".into()], publish: vec![] });
+        drain(&ob);
+        let hist = |id, f: &[&str]| ClientMsg::History {
+            id,
+            filters: f.iter().map(|s| s.to_string()).collect(),
+            per_topic: 4,
+        };
+        req(&mut h, hist(1, &[]));
+        req(&mut h, hist(2, &["a/#/b"]));
+        req(&mut h, hist(3, &["b"]));
+        req(&mut h, hist(4, &["a/1", "a/2", "a/3", "a/4", "a/5"]));
+        let codes: Vec<(u16, u32)> = drain(&ob)
+            .into_iter()
+            .filter_map(|m| if let ServerMsg::Error { code, req, .. } = m { Some((code, req)) } else { None })
+            .collect();
+        assert_eq!(codes, vec![(400, 1), (400, 2), (403, 3), (413, 4)]);
+        // Values of 40 KiB: the newest fits the 64 KiB bound, the next does not.
+        for _ in 0..3 {
+            let value = postcard::to_allocvec(&Value::Text("x".repeat(40 << 10))).unwrap();
+            h.bridge(BridgeMsg::Event { topic: "a/big".into(), value, ts_ms: 1 });
+        }
+        publish(&mut h, "a/small", 1.0);
+        req(&mut h, hist(5, &["a/#"]));
+        let got = drain(&ob);
+        assert_eq!(past(&got), vec![(0, vec![3]), (1, vec![4])], "{got:?}");
+        assert_eq!(got.last(), Some(&ServerMsg::HistoryDone { id: 5, seq: 4, truncated: true }));
     }
 }

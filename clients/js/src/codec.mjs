@@ -94,6 +94,12 @@ class Reader {
       case 7: return { type: 'Pong', nonce: this.u32() };
       case 8: return { type: 'Heartbeat', ts_ms: this.u64() };
       case 9: return { type: 'Lagged', skipped: this.u32() };
+      case 10: {
+        const topic = this.u32(), n = this.seqLen(), points = [];
+        for (let k = 0; k < n; k++) points.push({ seq: this.u64(), ts_ms: this.u64(), value: this.value() });
+        return { type: 'Past', topic, points };
+      }
+      case 11: return { type: 'HistoryDone', id: this.u32(), seq: this.u64(), truncated: this.bool() };
       default: throw new DecodeError('unknown ServerMsg variant');
     }
   }
@@ -125,7 +131,8 @@ class Writer {
 }
 
 // One ClientMsg: {type: 'Subscribe', id, filters, resume: {epoch, last_seq} | null},
-// {type: 'Unsubscribe', id}, {type: 'Publish', req, topic, payload, retain}, {type: 'Ping', nonce}.
+// {type: 'Unsubscribe', id}, {type: 'Publish', req, topic, payload, retain}, {type: 'Ping', nonce},
+// {type: 'History', id, filters, per_topic}.
 export function encodeClient(m) {
   const w = new Writer();
   switch (m.type) {
@@ -137,6 +144,11 @@ export function encodeClient(m) {
     case 'Unsubscribe': w.varint(1); w.varint(m.id); break;
     case 'Publish': w.varint(2); w.varint(m.req); w.string(m.topic); w.bytes(m.payload); w.bool(m.retain); break;
     case 'Ping': w.varint(3); w.varint(m.nonce); break;
+    case 'History':
+      w.varint(4); w.varint(m.id); w.varint(m.filters.length);
+      for (const f of m.filters) w.string(f);
+      w.varint(m.per_topic);
+      break;
     default: throw new TypeError('unknown ClientMsg ' + m.type);
   }
   return Uint8Array.from(w.out);

@@ -57,6 +57,8 @@ export class Follower extends EventTarget {
     this._seen = new Set();
     this._touched = null;
     this._pending = new Map();
+    // Past values of the History answer in progress (an answer is contiguous, §6.13).
+    this._past = [];
     this._timer = null;
     this._watch = null;
     this._closed = false;
@@ -112,6 +114,7 @@ export class Follower extends EventTarget {
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     this.names = new Map();
+    this._past = [];
     this.lastRx = Date.now();
     this._hello = false;
     // Node's `ws` says why a handshake failed (e.g. "Unexpected server response: 401");
@@ -216,10 +219,23 @@ export class Follower extends EventTarget {
         this.broker = m.up;
         this._emit('broker', { up: m.up });
         break;
+      case 'Past': {
+        const past = { topic: this.names.get(m.topic) ?? `#${m.topic}`, points: m.points };
+        this._past.push(past);
+        this._emit('past', past);
+        break;
+      }
+      case 'HistoryDone': {
+        const answer = { id: m.id, seq: m.seq, truncated: m.truncated, topics: this._past };
+        this._past = [];
+        this._settle(m.id, null, 'history', answer);
+        break;
+      }
       case 'Ack': this._settle(m.req, null); break;
       case 'Pong': this._settle(m.nonce, null, 'ping'); break;
       case 'Error':
         this._settle(m.req, m);
+        this._settle(m.req, m, 'history');
         this._emit('error', { kind: 'server', code: m.code, req: m.req, message: m.message });
         break;
     }
@@ -243,12 +259,12 @@ export class Follower extends EventTarget {
     return true;
   }
 
-  _settle(req, err, kind = 'publish') {
+  _settle(req, err, kind = 'publish', value) {
     const p = this._pending.get(`${kind}:${req}`);
     if (!p) return;
     this._pending.delete(`${kind}:${req}`);
     if (err) p.reject(Object.assign(new Error(`${err.code} ${err.message}`), { code: err.code }));
-    else p.resolve(kind === 'ping' ? Date.now() - p.at : undefined);
+    else p.resolve(kind === 'ping' ? Date.now() - p.at : value);
   }
 
   _wait(kind, id, msg) {
@@ -299,6 +315,15 @@ export class Follower extends EventTarget {
     const req = this._next();
     const bytes = typeof payload === 'string' ? new TextEncoder().encode(payload) : payload;
     return this._wait('publish', req, { type: 'Publish', req, topic, payload: bytes, retain });
+  }
+
+  // Up to `perTopic` recent events of every topic `filters` match, from the server's
+  // history ring (§6.13): resolves to {id, seq, truncated, topics: [{topic, points:
+  // [{seq, ts_ms, value}]}]}, oldest point first; rejects on Error (with .code) or a
+  // lost connection. Not live: the resume point does not move, nothing reaches 'event'.
+  history(filters = this.filters, perTopic = 60) {
+    const id = this._next();
+    return this._wait('history', id, { type: 'History', id, filters: [...filters], per_topic: perTopic });
   }
 
   // An application round trip through the server's request queue; resolves to ms.

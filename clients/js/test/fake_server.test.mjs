@@ -43,7 +43,7 @@ async function fakeServer(script) {
 const firstMessage = (sock) => new Promise((ok) => sock.once('message', (d) => ok(d)));
 
 test('bad frames: a decode error, a text message, an Event before Hello; each reported, reconnected, no crash', async () => {
-  const bad = [hex('0a'), 'text', Buffer.concat([event(0, 1, 1)]), Buffer.concat([HELLO, hex('02 00 01 02 00 00')])];
+  const bad = [hex('0c'), 'text', Buffer.concat([event(0, 1, 1)]), Buffer.concat([HELLO, hex('02 00 01 02 00 00')])];
   const srv = await fakeServer((sock, n) => {
     if (n < bad.length) sock.send(bad[n]);
     else sock.send(HELLO);

@@ -177,3 +177,41 @@ test('staleness: a stopped server is reported stale at 2.5 heartbeats, and follo
     await server.stop();
   }
 });
+
+test('history: recent values per topic, oldest first, not live, within the token, bounded', { skip: SKIP }, async () => {
+  const token = 'hist';
+  const server = await startEdgepush(broker, {
+    extra: `[[auth.tokens]]\nname = "js"\nsha256 = "${sha256(token)}"\nsubscribe = ["h/#"]\n`,
+  });
+  // Published before any client connects: only the ring has them.
+  for (let i = 1; i <= 5; i++) pub.publish('h/a', String(i));
+  pub.publish('h/b', '{"w":1}');
+  await pub.flush();
+  const f = new Follower(server.url, { filters: ['h/#'], token });
+  try {
+    const events = record(f);
+    const pasts = [];
+    f.on('past', (p) => pasts.push(p));
+    await next(f, 'synced');
+    await waitFor('the latest values', () => events.some((e) => e.value.value === 5) && events.some((e) => e.topic === 'h/b'));
+    const [resumeAt, seen] = [f.lastSeq, events.length];
+    const answer = await f.history(['h/#'], 3);
+    assert.equal(answer.truncated, false);
+    assert.deepEqual(answer.topics.map((t) => [t.topic, t.points.map((p) => p.value.value ?? p.value.fields[0][1])]), [
+      ['h/a', [3, 4, 5]],
+      ['h/b', [1]],
+    ]);
+    const seqs = answer.topics[0].points.map((p) => Number(p.seq));
+    assert.deepEqual(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    assert.equal(pasts.length, 2);
+    assert.equal(events.length, seen, 'a History answer is not live events');
+    assert.equal(f.lastSeq, resumeAt, 'a History answer does not move the resume point');
+    await assert.rejects(f.history(['x/#'], 3), (e) => e.code === 403);
+    // Two History requests per connection at once (403 above used none): the third is refused.
+    await f.history(['h/a'], 1);
+    await assert.rejects(f.history(['h/a'], 1), (e) => e.code === 429);
+  } finally {
+    f.close();
+    await server.stop();
+  }
+});

@@ -20,6 +20,7 @@ function canonical(m) {
   const out = {};
   for (const [k, v] of Object.entries(m)) {
     if (U64.has(k)) out[k] = String(v);
+    else if (k === 'points') out.points = v.map(canonical);
     else if (k === 'value') {
       if (v.kind === 'Number') out.value = { Number: bits(v.value) };
       else if (v.kind === 'Fields') out.value = { Fields: v.fields.map(([n, x]) => [n, bits(x)]) };
@@ -32,7 +33,7 @@ function canonical(m) {
 
 test('vectors cover every ServerMsg and Value variant', () => {
   const types = new Set(vectors.server.flatMap((v) => v.messages.map((m) => m.type)));
-  for (const t of ['Hello', 'Topic', 'Event', 'Synced', 'Ack', 'Error', 'Broker', 'Pong', 'Heartbeat', 'Lagged']) assert.ok(types.has(t), t);
+  for (const t of ['Hello', 'Topic', 'Event', 'Synced', 'Ack', 'Error', 'Broker', 'Pong', 'Heartbeat', 'Lagged', 'Past', 'HistoryDone']) assert.ok(types.has(t), t);
   const kinds = new Set(vectors.server.flatMap((v) => v.messages.filter((m) => m.value).map((m) => Object.keys(m.value)[0])));
   for (const k of ['Number', 'Fields', 'Text', 'Bytes']) assert.ok(kinds.has(k), k);
 });

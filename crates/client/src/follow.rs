@@ -14,7 +14,7 @@ use super::ledger::Ledger;
 use super::{Client, ClientError, ConnectOptions};
 use edgepush_protocol::backoff::Backoff;
 use edgepush_protocol::rng::Rng;
-use edgepush_protocol::{Resume, ServerMsg, SyncMode, Value};
+use edgepush_protocol::{Point, Resume, ServerMsg, SyncMode, Value};
 
 /// What the follower has to report.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +64,21 @@ pub enum Update {
         /// The server's explanation.
         message: String,
     },
+    /// Earlier events of a topic from the server's history ring (asked for
+    /// with [`Follower::with_history`]), oldest first. Not live, not in the ledger.
+    Past {
+        /// The topic name (`#<id>` if the server never declared the id).
+        topic: Arc<str>,
+        /// The events, in seq order.
+        points: Vec<Point>,
+    },
+    /// The history answer of this connection is complete.
+    HistoryDone {
+        /// The server's seq when it was made.
+        seq: u64,
+        /// Some points were left out by the server's bounds.
+        truncated: bool,
+    },
     /// The connection ended (or could not be made); the next attempt is in `retry_in`.
     Lost {
         /// The error that ended (or prevented) the connection, as text.
@@ -111,6 +126,8 @@ pub struct Follower {
     high: u64,
     /// A Subscribe answer is in progress (until its Synced).
     answering: bool,
+    /// Per topic, how many recent events to ask for after each Subscribe (0: none).
+    history: u16,
     ledger: Ledger,
     stats: FollowStats,
 }
@@ -147,9 +164,18 @@ impl Follower {
             epoch: None,
             high: 0,
             answering: false,
+            history: 0,
             ledger: Ledger::new(),
             stats: FollowStats::default(),
         }
+    }
+
+    /// After each Subscribe, also asks for up to `per_topic` recent events
+    /// per topic (docs/PROTOCOL.md §6.13), reported as [`Update::Past`] and
+    /// [`Update::HistoryDone`] after the Subscribe's [`Update::Synced`].
+    pub fn with_history(mut self, per_topic: u16) -> Follower {
+        self.history = per_topic;
+        self
     }
 
     /// The account of every event received so far.
@@ -232,6 +258,9 @@ impl Follower {
         let resume = (self.high > 0).then_some(Resume { epoch: hello.epoch, last_seq: self.high });
         let filters: Vec<&str> = self.filters.iter().map(String::as_str).collect();
         client.subscribe(1, &filters, resume).await?;
+        if self.history > 0 {
+            client.history(2, &filters, self.history).await?;
+        }
         self.ledger.subscribing(self.high);
         self.answering = true;
         self.stats.connects += 1;
@@ -292,6 +321,11 @@ impl Follower {
                 self.stats.lagged += 1;
                 Some(Update::Lagged { skipped })
             }
+            ServerMsg::Past { topic, points } => {
+                let topic = live.names.get(&topic).cloned().unwrap_or_else(|| Arc::from(format!("#{topic}")));
+                Some(Update::Past { topic, points })
+            }
+            ServerMsg::HistoryDone { seq, truncated, .. } => Some(Update::HistoryDone { seq, truncated }),
             ServerMsg::Broker { up } => Some(Update::Broker { up }),
             ServerMsg::Error { code, message, .. } => Some(Update::Error { code, message }),
             ServerMsg::Hello { .. } | ServerMsg::Ack { .. } | ServerMsg::Pong { .. } | ServerMsg::Heartbeat { .. } => {

@@ -301,6 +301,18 @@ impl Client {
         self.send(&ClientMsg::Subscribe { id, filters, resume }).await
     }
 
+    /// Asks for up to `per_topic` recent events of every topic `filters`
+    /// match (`ClientMsg::History`, docs/PROTOCOL.md §6.13). The answer comes
+    /// as `ServerMsg::Past` values and `HistoryDone{id}` through
+    /// [`Client::next`]; it never moves [`Client::resume_point`].
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn history(&mut self, id: u32, filters: &[&str], per_topic: u16) -> Result<(), ClientError> {
+        let filters = filters.iter().map(|f| f.to_string()).collect();
+        self.send(&ClientMsg::History { id, filters, per_topic }).await
+    }
+
     /// The next message from the server. Topic declarations are recorded (and
     /// still returned); the highest seq seen is tracked for [`Client::resume_point`].
     ///
@@ -405,6 +417,8 @@ pub async fn watch(url: &str, filters: &[&str], opts: &ConnectOptions) -> Result
             Update::Broker { up } => eprintln!("# broker {}", if up { "up" } else { "down" }),
             Update::Lagged { skipped } => eprintln!("# lagged: {skipped} events skipped"),
             Update::Error { code, message } => eprintln!("# error {code}: {message}"),
+            // `watch` asks for no history.
+            Update::Past { .. } | Update::HistoryDone { .. } => {}
             Update::Lost { why, retry_in, .. } => eprintln!("# connection lost: {why}; reconnecting in {retry_in:?}"),
         }
     }

@@ -20,6 +20,10 @@
 //! assert_eq!(ServerMsg::decode_all(&frame).unwrap().len(), 2);
 //! ```
 //!
+//! A client may also ask for recent values per topic from the server's
+//! history ring ([`ClientMsg::History`], answered by [`ServerMsg::Past`] and
+//! [`ServerMsg::HistoryDone`]; `docs/PROTOCOL.md` §6.13).
+//!
 //! Modules: [`msg`] (the messages), [`value`] (payload → [`Value`]),
 //! [`topic`] (syntax, matching, "within", [`Permissions`]), [`authority`]
 //! (`host[:port]`), [`origin`] (the `Origin` check), [`backoff`] and [`rng`] (reconnect jitter).
@@ -34,6 +38,6 @@ pub mod rng;
 pub mod topic;
 pub mod value;
 
-pub use msg::{ClientMsg, DecodeError, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION, SUBPROTOCOL};
+pub use msg::{ClientMsg, DecodeError, Point, Resume, ServerMsg, SyncMode, PROTOCOL_VERSION, SUBPROTOCOL};
 pub use topic::Permissions;
 pub use value::Value;

@@ -107,6 +107,34 @@ pub enum ServerMsg {
         /// How many.
         skipped: u32,
     },
+    /// Part of the answer to [`ClientMsg::History`]: earlier events of one
+    /// topic, oldest first. Not live: never moves the resume point.
+    Past {
+        /// A topic id declared by an earlier [`ServerMsg::Topic`], as in Events.
+        topic: u32,
+        /// The topic's events from the history ring, in seq order.
+        points: Vec<Point>,
+    },
+    /// The answer to History `id` is complete.
+    HistoryDone {
+        /// The History's id.
+        id: u32,
+        /// The server's seq when the answer was made: no Past point is newer.
+        seq: u64,
+        /// Some points were left out by the per-request bounds (the newest were kept).
+        truncated: bool,
+    },
+}
+
+/// One earlier event of a topic, in a [`ServerMsg::Past`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// The event's seq (as its Event had): lets a client merge with live events.
+    pub seq: u64,
+    /// When the server received it, Unix milliseconds.
+    pub ts_ms: u64,
+    /// The payload.
+    pub value: Value,
 }
 
 /// How a subscription was synced.
@@ -153,7 +181,26 @@ pub enum ClientMsg {
         /// Echoed in the Pong.
         nonce: u32,
     },
+    /// Ask for up to `per_topic` recent events of every topic the filters
+    /// match, from the server's history ring (answered by [`ServerMsg::Past`]
+    /// values and [`ServerMsg::HistoryDone`], or an Error). Needs no subscription.
+    History {
+        /// The client's name for this request (echoed in HistoryDone and Error).
+        id: u32,
+        /// MQTT filters (`+`, `#`), each within the connection's permissions.
+        #[serde(deserialize_with = "cautious_strings")]
+        filters: Vec<String>,
+        /// How many of the newest events per topic (the server caps it at [`HISTORY_MAX_PER_TOPIC`]).
+        per_topic: u16,
+    },
 }
+
+/// The most points per topic a History answer holds; more is clamped to this.
+pub const HISTORY_MAX_PER_TOPIC: u16 = 64;
+/// The most points one History answer holds, over all its topics.
+pub const HISTORY_MAX_POINTS: usize = 1024;
+/// The most bytes of encoded values one History answer holds, over all its topics.
+pub const HISTORY_MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Where a reconnecting client left off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +285,50 @@ impl ServerMsg {
         out
     }
 
+    /// Encodes a [`ServerMsg::Past`] from points whose values are already
+    /// encoded, byte for byte as [`ServerMsg::encode`] would (see
+    /// [`ServerMsg::encode_event`]).
+    ///
+    /// ```
+    /// use edgepush_protocol::msg::Point;
+    /// use edgepush_protocol::{ServerMsg, Value};
+    ///
+    /// let value = Value::Number(21.5);
+    /// let encoded = postcard::to_allocvec(&value).unwrap();
+    /// let past = ServerMsg::Past { topic: 3, points: vec![Point { seq: 9, ts_ms: 1000, value }] };
+    /// assert_eq!(ServerMsg::encode_past(3, &[(9, 1000, &encoded[..])]), past.encode());
+    /// ```
+    pub fn encode_past(topic: u32, points: &[(u64, u64, &[u8])]) -> Vec<u8> {
+        let len: usize = points.iter().map(|p| 20 + p.2.len()).sum();
+        let mut out = Vec::with_capacity(1 + 5 + 10 + len);
+        out.push(PAST_VARIANT);
+        put_varint(&mut out, u64::from(topic));
+        put_varint(&mut out, points.len() as u64);
+        for (seq, ts_ms, value) in points {
+            put_varint(&mut out, *seq);
+            put_varint(&mut out, *ts_ms);
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// The parts of an Event encoded by [`ServerMsg::encode_event`]:
+    /// `(topic, seq, ts_ms, encoded value)`; None if `event` is not one.
+    pub fn split_event(event: &[u8]) -> Option<(u32, u64, u64, &[u8])> {
+        let (&tag, mut rest) = event.split_first()?;
+        if tag != EVENT_VARIANT {
+            return None;
+        }
+        let mut next = || {
+            let (v, r) = get_varint(rest)?;
+            rest = r;
+            Some(v)
+        };
+        let topic = u32::try_from(next()?).ok()?;
+        let (seq, ts_ms) = (next()?, next()?);
+        Some((topic, seq, ts_ms, rest))
+    }
+
     /// Decodes every message of one WebSocket message body.
     ///
     /// # Errors
@@ -256,6 +347,20 @@ impl ServerMsg {
 /// postcard's discriminant of [`ServerMsg::Event`]: its index in the enum
 /// (checked against serde's encoding by a test).
 const EVENT_VARIANT: u8 = 2;
+/// postcard's discriminant of [`ServerMsg::Past`].
+const PAST_VARIANT: u8 = 10;
+
+/// Reads a postcard varint; None when it is cut off or longer than 10 bytes.
+fn get_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, &x) in b.iter().enumerate().take(10) {
+        v |= u64::from(x & 0x7f) << (7 * i);
+        if x & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
+}
 
 /// postcard's unsigned varint (LEB128).
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -377,6 +482,35 @@ mod tests {
         // Varint overflow in the id.
         let b = [3, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert!(matches!(ClientMsg::decode(&b), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn history_variants_are_appended_and_round_trip() {
+        let h = ClientMsg::History { id: 5, filters: vec!["a/#".into()], per_topic: 60 };
+        assert_eq!(h.encode(), [4, 5, 1, 3, b'a', b'/', b'#', 60]);
+        assert_eq!(ClientMsg::decode(&h.encode()), Ok(h));
+        let done = ServerMsg::HistoryDone { id: 5, seq: 300, truncated: true };
+        assert_eq!(done.encode(), [11, 5, 0xac, 0x02, 1]);
+        let p = Point { seq: 1, ts_ms: 2, value: Value::Text("x".into()) };
+        let past = ServerMsg::Past { topic: 7, points: vec![p.clone(), Point { seq: 3, ..p }] };
+        assert_eq!(past.encode(), [10, 7, 2, 1, 2, 2, 1, b'x', 3, 2, 2, 1, b'x']);
+        assert_eq!(ServerMsg::decode_all(&past.encode()).unwrap(), vec![past]);
+    }
+
+    #[test]
+    fn encode_past_is_postcards_encoding_and_split_event_inverts_encode_event() {
+        let values = [Value::Number(-0.0), Value::Fields(vec![("w".into(), 1.5)]), Value::Bytes(vec![0, 255])];
+        let enc: Vec<Vec<u8>> = values.iter().map(|v| postcard::to_allocvec(v).unwrap()).collect();
+        for (topic, seq, ts_ms) in [(0, 0, 0), (127, 128, 16_384), (u32::MAX, u64::MAX, 1 << 53)] {
+            let ev = ServerMsg::encode_event(topic, seq, ts_ms, &enc[1]);
+            assert_eq!(ServerMsg::split_event(&ev), Some((topic, seq, ts_ms, &enc[1][..])));
+            let parts: Vec<(u64, u64, &[u8])> = enc.iter().map(|e| (seq, ts_ms, &e[..])).collect();
+            let points = values.iter().map(|v| Point { seq, ts_ms, value: v.clone() }).collect();
+            assert_eq!(ServerMsg::encode_past(topic, &parts), ServerMsg::Past { topic, points }.encode());
+        }
+        assert_eq!(ServerMsg::split_event(&ServerMsg::Pong { nonce: 1 }.encode()), None);
+        assert_eq!(ServerMsg::split_event(&[2, 0x80]), None);
+        assert_eq!(ServerMsg::encode_past(1, &[]), ServerMsg::Past { topic: 1, points: vec![] }.encode());
     }
 
     #[test]
