@@ -63,7 +63,8 @@ async function start() {
     if (r.ok) st.cfg = await r.json();
   } catch { /* the defaults */ }
   document.title = $('title').textContent = st.cfg.title;
-  for (const r of st.cfg.rules) if (r.control && !/[+#]/.test(r.filter) && matches(st.filter, r.filter)) tile(r.filter).pinned = true;
+  // A control on a topic that has no value yet still shows.
+  for (const r of st.cfg.rules) if (r.control && !/[+#]/.test(r.filter) && matches(st.filter, r.filter) && may(r.publish_topic ?? r.filter)) tile(r.filter).pinned = true;
   connect();
 }
 
@@ -111,6 +112,9 @@ function matches(f, t) {
   return a.length === b.length;
 }
 
+// Whether the token may publish to `topic` (its scopes, as /access said).
+const may = (topic) => st.publish.some((p) => matches(p, topic));
+
 // A topic's settings: every matching rule gives the keys it sets, the earlier rule first.
 function settings(topic) {
   const s = { order: Infinity };
@@ -152,6 +156,7 @@ function tile(name) {
   // Tiles in rule order, then by name.
   const g = group(s.group), k = (o) => o.key[0] - t.key[0] || (o.key[1] > name ? 1 : -1);
   g.grid.insertBefore(el, [...g.grid.children].find((e) => k(st.tiles.get(e.dataset.topic)) > 0) ?? null);
+  g.el.style.setProperty('--n', g.grid.children.length);
   st.tiles.set(name, t);
   control(t);
   $('empty').hidden = true;
@@ -161,7 +166,7 @@ function tile(name) {
 // A switch or a number input, where the rule asks for one and the token may publish there.
 function control(t) {
   const r = t.s, topic = r.publish_topic ?? t.name;
-  if (!r.control || !st.publish.some((p) => matches(p, topic))) return;
+  if (!r.control || !may(topic)) return;
   const box = document.createElement('form');
   box.className = 'ctl';
   box.innerHTML = r.control === 'switch'
