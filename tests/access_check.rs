@@ -94,14 +94,20 @@ fn access_says_what_the_handshake_would_decide_for_each_reason() {
     assert_eq!((status, j["access"].as_str()), (401, Some("token-required")), "{j}");
     assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
     let (status, _, j) = get_json(addr, "/access?token=nope", "");
-    assert_eq!((status, j["access"].as_str(), j["reason"].as_str()), (401, Some("token-invalid"), Some("unknown token")));
+    assert_eq!(
+        (status, j["access"].as_str(), j["reason"].as_str()),
+        (401, Some("token-invalid"), Some("unknown token"))
+    );
     let now_s = now_ms() / 1000;
     let expired = jwt(secret.as_bytes(), &format!(r#"{{"sub":"old","exp":{}}}"#, now_s - 60));
     let (status, _, j) = get_json(addr, "/access", &bearer(&expired));
     assert_eq!((status, j["access"].as_str()), (401, Some("token-expired")), "{j}");
     let fresh = jwt(
         secret.as_bytes(),
-        &format!(r#"{{"sub":"kiosk","exp":{},"edgepush_subscribe":["a/#"],"edgepush_publish":["a/set"]}}"#, now_s + 600),
+        &format!(
+            r#"{{"sub":"kiosk","exp":{},"edgepush_subscribe":["a/#"],"edgepush_publish":["a/set"]}}"#,
+            now_s + 600
+        ),
     );
     let (status, _, j) = get_json(addr, "/access", &bearer(&fresh));
     assert_eq!((status, &j["publish"]), (200, &serde_json::json!(["a/set"])), "{j}");

@@ -283,7 +283,10 @@ fn a_rule_labels_groups_and_colours_a_tile_past_its_thresholds() {
         let mut cdp = open_page(&browser, &url, 1280, 860).await;
         cdp.wait_for(10_000, "the page to go live", "document.getElementById('conn')?.dataset.state === 'live'").await;
         cdp.wait_for(5000, "the snapshot tiles", "document.querySelectorAll('.tile').length === 7").await;
-        assert_eq!(cdp.eval("[document.title, document.getElementById('title').textContent]").await, json!(["Flat 4", "Flat 4"]));
+        assert_eq!(
+            cdp.eval("[document.title, document.getElementById('title').textContent]").await,
+            json!(["Flat 4", "Flat 4"])
+        );
         let shown_groups = "[...document.querySelectorAll('.group')].filter((g) => g.querySelector('.tile')).map((g) => g.querySelector('h2').textContent)";
         assert_eq!(cdp.eval(shown_groups).await, json!(["Living room", "Kitchen", "Bedroom", "Power", "Doors"]));
         // A topic no rule matches still shows, under "Other", last.
@@ -301,7 +304,8 @@ fn a_rule_labels_groups_and_colours_a_tile_past_its_thresholds() {
 
         // Past alarm-above: the tile turns red, with the decimals of the rule.
         // [warning, alarm]: the tile's colour classes.
-        let class = format!("['warning', 'alarm'].map((c) => document.querySelector(\"{kitchen}\").classList.contains(c))");
+        let class =
+            format!("['warning', 'alarm'].map((c) => document.querySelector(\"{kitchen}\").classList.contains(c))");
         publisher.publish("sensors/kitchen/temperature", "29.46");
         let value = format!("document.querySelector(\"{kitchen} .value\").textContent");
         cdp.wait_for(5000, "the alarm value", &format!("{value} === '29.5'")).await;
@@ -321,9 +325,12 @@ fn a_rule_labels_groups_and_colours_a_tile_past_its_thresholds() {
         // On a phone: two columns, nothing wider than the screen (390 CSS pixels;
         // innerWidth grows with content that is too wide).
         let mut phone = open_page(&browser, &url, 390, 844).await;
-        phone.wait_for(10_000, "the phone page to go live", "document.getElementById('conn')?.dataset.state === 'live'").await;
+        phone
+            .wait_for(10_000, "the phone page to go live", "document.getElementById('conn')?.dataset.state === 'live'")
+            .await;
         phone.wait_for(5000, "the phone's tiles", "document.querySelectorAll('.tile').length === 8").await;
-        let layout = "[[...document.querySelectorAll('.tile, header')].every((e) => e.getBoundingClientRect().right <= 390), \
+        let layout =
+            "[[...document.querySelectorAll('.tile, header')].every((e) => e.getBoundingClientRect().right <= 390), \
                       getComputedStyle(document.querySelector('.grid')).gridTemplateColumns.split(' ').length]";
         assert_eq!(phone.eval(layout).await, json!([true, 2]));
         let png = phone.call("Page.captureScreenshot", json!({ "format": "png" })).await;
@@ -393,7 +400,8 @@ publish-topic = "cmd/setpoint/set"
 #[test]
 fn a_control_publishes_through_the_broker_and_a_read_only_token_does_not_see_it() {
     let broker = Broker::start();
-    let tokens = format!("{}{}", token_entry("ops", "ops-t0ken", "[\"cmd/#\"]"), token_entry("viewer", "view-t0ken", "[]"));
+    let tokens =
+        format!("{}{}", token_entry("ops", "ops-t0ken", "[\"cmd/#\"]"), token_entry("viewer", "view-t0ken", "[]"));
     let cfg = config(broker.port, &format!("{tokens}{CONTROLS}"));
     let server = Server::start_linked(&cfg);
     let mut publisher = Publisher::connect(broker.port);
@@ -417,7 +425,12 @@ fn a_control_publishes_through_the_broker_and_a_read_only_token_does_not_see_it(
         let ack = "document.querySelector(\"[data-topic='cmd/fan'] .ctl output\")";
         ops.wait_for(5000, "the Ack", &format!("{ack}.dataset.ack === 'ok'")).await;
         assert_eq!(ops.eval(&format!("{ack}.textContent")).await, json!("sent"));
-        ops.wait_for(5000, "the value back", "document.querySelector(\"[data-topic='cmd/fan'] .value\").textContent === 'ON'").await;
+        ops.wait_for(
+            5000,
+            "the value back",
+            "document.querySelector(\"[data-topic='cmd/fan'] .value\").textContent === 'ON'",
+        )
+        .await;
         assert_eq!(ops.eval(&format!("{fan}.checked")).await, json!(true));
         // A number to its own publish topic, from a tile no value has reached yet.
         let set = "document.querySelector(\"[data-topic='cmd/setpoint'] .ctl input\")";
@@ -425,12 +438,25 @@ fn a_control_publishes_through_the_broker_and_a_read_only_token_does_not_see_it(
         assert_eq!(ops.eval(&format!("[{set}.min, {set}.max, {set}.step]")).await, json!(["5", "30", "0.1"]));
         ops.eval(&format!("{set}.value = '21.5'; {set}.form.requestSubmit(); true")).await;
         received(&at_broker, "cmd/setpoint/set", "21.5");
-        ops.wait_for(5000, "the setpoint's Ack", "document.querySelector(\"[data-topic='cmd/setpoint'] .ctl output\").dataset.ack === 'ok'").await;
+        ops.wait_for(
+            5000,
+            "the setpoint's Ack",
+            "document.querySelector(\"[data-topic='cmd/setpoint'] .ctl output\").dataset.ack === 'ok'",
+        )
+        .await;
 
         // A token without publish permission sees the values, not the controls.
         let mut viewer = open_page(&browser, &format!("http://{}/?token=view-t0ken", server.addr), 1280, 860).await;
-        viewer.wait_for(10_000, "the viewer to go live", "document.getElementById('conn')?.dataset.state === 'live'").await;
-        viewer.wait_for(5000, "the viewer's tiles", "document.querySelector(\"[data-topic='cmd/fan'] .value\")?.textContent === 'ON'").await;
+        viewer
+            .wait_for(10_000, "the viewer to go live", "document.getElementById('conn')?.dataset.state === 'live'")
+            .await;
+        viewer
+            .wait_for(
+                5000,
+                "the viewer's tiles",
+                "document.querySelector(\"[data-topic='cmd/fan'] .value\")?.textContent === 'ON'",
+            )
+            .await;
         assert_eq!(viewer.eval("document.querySelectorAll('.ctl').length").await, json!(0));
         assert_eq!(viewer.eval("document.querySelector(\"[data-topic='cmd/setpoint']\")").await, json!(null));
         assert_eq!(ops.eval("document.querySelectorAll('.ctl').length").await, json!(2));
@@ -440,10 +466,7 @@ fn a_control_publishes_through_the_broker_and_a_read_only_token_does_not_see_it(
 #[test]
 fn the_page_says_why_it_cannot_connect() {
     let broker = Broker::start();
-    let cfg = config(
-        broker.port,
-        &format!("[limits]\nmax-connections = 1\n{}", token_entry("wall", "t0ken-1", "[]")),
-    );
+    let cfg = config(broker.port, &format!("[limits]\nmax-connections = 1\n{}", token_entry("wall", "t0ken-1", "[]")));
     let server = Server::start_linked(&cfg);
     let addr = server.addr;
     let browser = Browser::launch();
@@ -451,7 +474,8 @@ fn the_page_says_why_it_cannot_connect() {
     block_on_timeout(120_000, "browser test", async {
         // No token on a server that needs one: said, and no connection tried.
         let mut page = open_page(&browser, &format!("http://{addr}/"), 1280, 860).await;
-        page.wait_for(10_000, "the token message", &format!("{banner}.textContent.includes('needs an access token')")).await;
+        page.wait_for(10_000, "the token message", &format!("{banner}.textContent.includes('needs an access token')"))
+            .await;
         assert_eq!(page.eval(&format!("{banner}.hidden")).await, json!(false));
         assert_eq!(
             page.eval(&format!("{banner}.textContent")).await,
@@ -461,12 +485,20 @@ fn the_page_says_why_it_cannot_connect() {
         assert_eq!(page.eval("window.edgepush === undefined").await, json!(true), "no WebSocket without a token");
         // A wrong one: said with the server's reason.
         let mut wrong = open_page(&browser, &format!("http://{addr}/?token=nope"), 1280, 860).await;
-        wrong.wait_for(10_000, "the refused-token message", &format!("{banner}.textContent.includes('(unknown token)')")).await;
+        wrong
+            .wait_for(10_000, "the refused-token message", &format!("{banner}.textContent.includes('(unknown token)')"))
+            .await;
 
         // The gateway full: said with the seconds to the retry, and live once a slot is free.
-        let holder = timeout(5000, "a client", Client::connect(&format!("ws://{addr}/ws?token=t0ken-1"))).await.unwrap();
+        let holder =
+            timeout(5000, "a client", Client::connect(&format!("ws://{addr}/ws?token=t0ken-1"))).await.unwrap();
         let mut full = open_page(&browser, &format!("http://{addr}/?token=t0ken-1"), 1280, 860).await;
-        full.wait_for(10_000, "the full message", &format!("/The gateway is full, retrying in \\d s/.test({banner}.textContent)")).await;
+        full.wait_for(
+            10_000,
+            "the full message",
+            &format!("/The gateway is full, retrying in \\d s/.test({banner}.textContent)"),
+        )
+        .await;
         drop(holder);
         full.wait_for(20_000, "the page to go live", "document.getElementById('conn').dataset.state === 'live'").await;
         assert_eq!(full.eval(&format!("{banner}.hidden")).await, json!(true));

@@ -233,19 +233,16 @@ fn rule(table: Table, problems: &mut Vec<Problem>) -> Rule {
     }
     s.finish();
     // Across keys, each named by the key that contradicts the other.
-    let above = |a: f64, b: f64| a > b;
-    let pairs: [(&str, _, &str, _, &str, fn(f64, f64) -> bool); 3] = [
-        ("max", r.max, "min", r.min, "must be above", |a, b| a <= b),
-        ("alarm-above", r.alarm_above, "warning-above", r.warning_above, "must not be below", |a, b| a < b),
-        ("alarm-below", r.alarm_below, "warning-below", r.warning_below, "must not be above", above),
-    ];
-    for (k, a, other, b, rule, wrong) in pairs {
+    let mut cross = |k: &str, a: Option<f64>, other: &str, b: Option<f64>, wrong: fn(f64, f64) -> bool, rule: &str| {
         if let (Some(a), Some(b)) = (a, b) {
             if wrong(a, b) {
                 problems.push(problem(k, format!("{rule} {other} ({a} vs {b})")));
             }
         }
-    }
+    };
+    cross("max", r.max, "min", r.min, |a, b| a <= b, "must be above");
+    cross("alarm-above", r.alarm_above, "warning-above", r.warning_above, |a, b| a < b, "must not be below");
+    cross("alarm-below", r.alarm_below, "warning-below", r.warning_below, |a, b| a > b, "must not be above");
     r
 }
 

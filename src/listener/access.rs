@@ -75,7 +75,9 @@ impl Verdict {
             Verdict::ShuttingDown => "the gateway is shutting down",
             Verdict::Full => "the gateway holds all the connections it takes (max-connections)",
             Verdict::RateLimited(why) | Verdict::TokenInvalid(why) => why,
-            Verdict::TokenRequired => "a token is required (Authorization: Bearer, ?token= or the edgepush_token cookie)",
+            Verdict::TokenRequired => {
+                "a token is required (Authorization: Bearer, ?token= or the edgepush_token cookie)"
+            }
             Verdict::TokenExpired => Rejected::Expired.reason(),
             Verdict::OriginNotAllowed => "this page's Origin is not allowed (auth.allowed-origins)",
         }

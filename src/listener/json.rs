@@ -314,7 +314,10 @@ mod tests {
             ("o".into(), Json::Obj(vec![])),
         ]);
         let text = v.to_string();
-        assert_eq!(text, r#"{"t\"x":"a\\b\n\u0001é\u2028","n":[10,-0.25,1000000000000000000000,null],"b":true,"o":{}}"#);
+        assert_eq!(
+            text,
+            r#"{"t\"x":"a\\b\n\u0001é\u2028","n":[10,-0.25,1000000000000000000000,null],"b":true,"o":{}}"#
+        );
         assert_eq!(parse(text.as_bytes()), Some(v));
         assert_eq!(Json::Num(f64::NAN).to_string(), "null");
     }
