@@ -180,12 +180,12 @@ function control(t) {
       () => { out.dataset.ack = 'ok'; out.textContent = 'sent'; },
       (e) => { out.dataset.ack = 'error'; out.textContent = e.message; });
   };
+  input.setAttribute('aria-label', `${r.label ?? t.name}: ${topic}`);
   if (r.control === 'switch') input.onchange = () => send(input.checked ? r.payload_on ?? '1' : r.payload_off ?? '0');
   else {
     if (r.min != null) input.min = r.min;
     if (r.max != null) input.max = r.max;
     input.step = r.decimals != null ? 10 ** -r.decimals : 'any';
-    input.setAttribute('aria-label', `${r.label ?? t.name} setpoint`);
   }
   box.onsubmit = (e) => { e.preventDefault(); if (input.value !== '' && input.type === 'number') send(input.value); };
   t.el.querySelector('canvas').before(box);
