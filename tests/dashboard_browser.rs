@@ -467,7 +467,7 @@ fn a_control_publishes_through_the_broker_and_a_read_only_token_does_not_see_it(
 fn the_page_says_why_it_cannot_connect() {
     let broker = Broker::start();
     let cfg = config(broker.port, &format!("[limits]\nmax-connections = 1\n{}", token_entry("wall", "t0ken-1", "[]")));
-    let server = Server::start_linked(&cfg);
+    let mut server = Server::start_linked(&cfg);
     let addr = server.addr;
     let browser = Browser::launch();
     let banner = "document.getElementById('banner')";
@@ -502,7 +502,25 @@ fn the_page_says_why_it_cannot_connect() {
         drop(holder);
         full.wait_for(20_000, "the page to go live", "document.getElementById('conn').dataset.state === 'live'").await;
         assert_eq!(full.eval(&format!("{banner}.hidden")).await, json!(true));
+
+        // After a failed connect: the server comes back without this token. The
+        // page's reconnect is refused, /access says why, and it stops trying.
+        server.shutdown();
+        let mut cfg2 = config(broker.port, &token_entry("other", "another-t0ken", "[]"));
+        cfg2.listen = addr;
+        server = Server::start_linked(&cfg2);
+        full.wait_for(
+            40_000,
+            "the refused-token message",
+            &format!("{banner}.textContent.includes('(unknown token)')"),
+        )
+        .await;
+        assert_eq!(
+            full.eval("[document.getElementById('conn').dataset.state, window.edgepush.state]").await,
+            json!(["refused", "closed"])
+        );
     });
+    drop(server);
 }
 
 #[test]
