@@ -2,6 +2,9 @@
 //! protocol, against the real server and a real mosquitto: a published value
 //! shows within 1 s; a stopped server shows "not live"; a restarted server is
 //! picked up again without a reload. Saves a screenshot under `target/`.
+//! With a `[dashboard]`: labels, groups and units, a tile coloured past its
+//! thresholds, controls that publish through the broker (and none for a
+//! read-only token), and the page saying why it cannot connect.
 
 mod common;
 
@@ -11,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use async_tungstenite::tungstenite::Message;
 use common::*;
+use edgepush_client::Client;
 use serde_json::{json, Value as Json};
 use smol::stream::StreamExt;
 
@@ -181,6 +185,344 @@ fn publish_sample(p: &mut Publisher, round: u32) {
     p.publish("doors/front", if round % 7 < 4 { "closed" } else { "open" });
 }
 
+/// The `[dashboard]` of a flat for the sample data: groups, labels, units,
+/// ranges, and thresholds that colour the kitchen (warning) and the meter
+/// (alarm) at the screenshot's round.
+const SITE_DASHBOARD: &str = r#"
+[dashboard]
+title = "Flat 4"
+groups = ["Living room", "Kitchen", "Bedroom", "Power", "Doors"]
+[[dashboard.rule]]
+filter = "sensors/living-room/#"
+group = "Living room"
+[[dashboard.rule]]
+filter = "sensors/kitchen/#"
+group = "Kitchen"
+[[dashboard.rule]]
+filter = "sensors/bedroom/#"
+group = "Bedroom"
+[[dashboard.rule]]
+filter = "sensors/+/temperature"
+label = "Temperature"
+unit = "°C"
+decimals = 1
+min = 10
+max = 35
+warning-above = 22.5
+alarm-above = 28
+alarm-below = 12
+[[dashboard.rule]]
+filter = "sensors/+/humidity"
+label = "Humidity"
+unit = "%"
+decimals = 0
+min = 0
+max = 100
+warning-above = 65
+[[dashboard.rule]]
+filter = "sensors/+/co2"
+label = "CO₂"
+unit = "ppm"
+decimals = 0
+min = 400
+max = 1500
+warning-above = 1000
+alarm-above = 1400
+[[dashboard.rule]]
+filter = "meters/main/power"
+label = "Main meter"
+group = "Power"
+decimals = 1
+min = 0
+max = 1200
+alarm-above = 900
+[[dashboard.rule]]
+filter = "doors/front"
+label = "Front door"
+group = "Doors"
+"#;
+
+/// A new page (tab) at `url`, `width` × `height` CSS pixels (a phone below 600).
+async fn open_page(browser: &Browser, url: &str, width: u32, height: u32) -> Cdp {
+    let mut cdp = Cdp::connect(&browser.ws_url).await;
+    let target = cdp.call("Target.createTarget", json!({ "url": "about:blank" })).await;
+    let attached = cdp.call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true })).await;
+    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    cdp.call("Page.enable", json!({})).await;
+    let mobile = width < 600;
+    let metrics = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile });
+    cdp.call("Emulation.setDeviceMetricsOverride", metrics).await;
+    cdp.call("Page.navigate", json!({ "url": url })).await;
+    cdp
+}
+
+/// A token entry for the config: `name`, its secret, what it may subscribe and publish.
+fn token_entry(name: &str, secret: &str, publish: &str) -> String {
+    let hash = edgepush::internals::hex::encode(&edgepush::internals::sha256(secret.as_bytes()));
+    format!("[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\npublish = {publish}\n")
+}
+
+/// A selector's `textContent` on the page.
+fn text_of(selector: &str) -> String {
+    format!("document.querySelector({selector:?})?.textContent")
+}
+
+#[test]
+fn a_rule_labels_groups_and_colours_a_tile_past_its_thresholds() {
+    let broker = Broker::start();
+    let cfg = config(broker.port, &format!("{}{SITE_DASHBOARD}", token_entry("wall", "t0ken-1", "[]")));
+    let server = Server::start_linked(&cfg);
+    let mut publisher = Publisher::connect(broker.port);
+    for round in 0..5 {
+        publish_sample(&mut publisher, round);
+    }
+    publisher.flush();
+    let browser = Browser::launch();
+    let url = format!("http://{}/?token=t0ken-1", server.addr);
+    block_on_timeout(120_000, "browser test", async {
+        let mut cdp = open_page(&browser, &url, 1280, 860).await;
+        cdp.wait_for(10_000, "the page to go live", "document.getElementById('conn')?.dataset.state === 'live'").await;
+        cdp.wait_for(5000, "the snapshot tiles", "document.querySelectorAll('.tile').length === 7").await;
+        assert_eq!(
+            cdp.eval("[document.title, document.getElementById('title').textContent]").await,
+            json!(["Flat 4", "Flat 4"])
+        );
+        let shown_groups = "[...document.querySelectorAll('.group')].filter((g) => g.querySelector('.tile')).map((g) => g.querySelector('h2').textContent)";
+        assert_eq!(cdp.eval(shown_groups).await, json!(["Living room", "Kitchen", "Bedroom", "Power", "Doors"]));
+        // A topic no rule matches still shows, under "Other", last.
+        publisher.publish("lab/probe", "1.25");
+        cdp.wait_for(5000, "the unmatched topic", "document.querySelectorAll('.tile').length === 8").await;
+        assert_eq!(cdp.eval(shown_groups).await[5], json!("Other"));
+        assert_eq!(cdp.eval(&text_of("[data-topic='lab/probe'] .name")).await, json!("lab/probe"));
+
+        // The label, the unit, the raw topic small beside the age.
+        let kitchen = "[data-topic='sensors/kitchen/temperature']";
+        assert_eq!(cdp.eval(&text_of(&format!("{kitchen} .name"))).await, json!("Temperature"));
+        assert_eq!(cdp.eval(&text_of(&format!("{kitchen} .unit"))).await, json!("°C"));
+        assert_eq!(cdp.eval(&text_of(&format!("{kitchen} .topic"))).await, json!("sensors/kitchen/temperature"));
+        assert_eq!(cdp.eval(&text_of("[data-topic='sensors/kitchen/co2'] .name")).await, json!(null), "no such topic");
+
+        // Past alarm-above: the tile turns red, with the decimals of the rule.
+        // [warning, alarm]: the tile's colour classes.
+        let class =
+            format!("['warning', 'alarm'].map((c) => document.querySelector(\"{kitchen}\").classList.contains(c))");
+        publisher.publish("sensors/kitchen/temperature", "29.46");
+        let value = format!("document.querySelector(\"{kitchen} .value\").textContent");
+        cdp.wait_for(5000, "the alarm value", &format!("{value} === '29.5'")).await;
+        assert_eq!(cdp.eval(&class).await, json!([false, true]));
+        publisher.publish("sensors/kitchen/temperature", "24");
+        cdp.wait_for(5000, "the warning value", &format!("{value} === '24.0'")).await;
+        assert_eq!(cdp.eval(&class).await, json!([true, false]));
+        publisher.publish("sensors/kitchen/temperature", "21");
+        cdp.wait_for(5000, "a normal value", &format!("{value} === '21.0'")).await;
+        assert_eq!(cdp.eval(&class).await, json!([false, false]));
+        // The range bar: 21 in 10..35.
+        let bar = format!("document.querySelector(\"{kitchen} .bar i\").style.width");
+        assert_eq!(cdp.eval(&bar).await, json!("44%"));
+        publisher.publish("sensors/kitchen/temperature", "11.5");
+        cdp.wait_for(5000, "below alarm-below", &format!("{class}[1]")).await;
+
+        // On a phone: two columns, nothing wider than the screen (390 CSS pixels;
+        // innerWidth grows with content that is too wide).
+        let mut phone = open_page(&browser, &url, 390, 844).await;
+        phone
+            .wait_for(10_000, "the phone page to go live", "document.getElementById('conn')?.dataset.state === 'live'")
+            .await;
+        phone.wait_for(5000, "the phone's tiles", "document.querySelectorAll('.tile').length === 8").await;
+        let layout =
+            "[[...document.querySelectorAll('.tile, header')].every((e) => e.getBoundingClientRect().right <= 390), \
+                      getComputedStyle(document.querySelector('.grid')).gridTemplateColumns.split(' ').length]";
+        assert_eq!(phone.eval(layout).await, json!([true, 2]));
+        let png = phone.call("Page.captureScreenshot", json!({ "format": "png" })).await;
+        let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("dashboard-phone.png");
+        std::fs::write(out, base64_decode(png["data"].as_str().unwrap())).unwrap();
+    });
+}
+
+/// An MQTT subscriber at the broker (rumqttc): every (topic, payload) it receives.
+fn mqtt_subscriber(port: u16, filter: &str) -> std::sync::mpsc::Receiver<(String, String)> {
+    let mut opts = rumqttc::MqttOptions::new(format!("test-sub-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut conn) = rumqttc::Client::new(opts, 64);
+    client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _client = client;
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = tx.send(("$suback".into(), String::new()));
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned()));
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the subscriber to receive `payload` on `topic`.
+fn received(rx: &std::sync::mpsc::Receiver<(String, String)>, topic: &str, payload: &str) {
+    let deadline = std::time::Instant::now() + scaled(10_000);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((t, p)) if t == topic && p == payload => return,
+            Ok(other) => seen.push(other),
+            Err(_) => break,
+        }
+    }
+    panic!("{topic} {payload} not received at the broker; got {seen:?}");
+}
+
+const CONTROLS: &str = r#"
+[dashboard]
+[[dashboard.rule]]
+filter = "cmd/fan"
+label = "Fan"
+control = "switch"
+payload-on = "ON"
+payload-off = "OFF"
+[[dashboard.rule]]
+filter = "cmd/setpoint"
+label = "Setpoint"
+unit = "°C"
+decimals = 1
+min = 5
+max = 30
+control = "number"
+publish-topic = "cmd/setpoint/set"
+"#;
+
+#[test]
+fn a_control_publishes_through_the_broker_and_a_read_only_token_does_not_see_it() {
+    let broker = Broker::start();
+    let tokens =
+        format!("{}{}", token_entry("ops", "ops-t0ken", "[\"cmd/#\"]"), token_entry("viewer", "view-t0ken", "[]"));
+    let cfg = config(broker.port, &format!("{tokens}{CONTROLS}"));
+    let server = Server::start_linked(&cfg);
+    let mut publisher = Publisher::connect(broker.port);
+    publisher.publish("cmd/fan", "OFF");
+    publisher.publish("sensors/hall/temperature", "20");
+    publisher.flush();
+    let at_broker = mqtt_subscriber(broker.port, "cmd/#");
+    received(&at_broker, "$suback", "");
+    let _ = at_broker.recv_timeout(scaled(200));
+    let browser = Browser::launch();
+    block_on_timeout(120_000, "browser test", async {
+        let mut ops = open_page(&browser, &format!("http://{}/?token=ops-t0ken", server.addr), 1280, 860).await;
+        ops.wait_for(10_000, "the page to go live", "document.getElementById('conn')?.dataset.state === 'live'").await;
+        let fan = "document.querySelector(\"[data-topic='cmd/fan'] .ctl input\")";
+        ops.wait_for(5000, "the fan's switch", &format!("{fan}?.type === 'checkbox'")).await;
+        assert_eq!(ops.eval(&format!("{fan}.checked")).await, json!(false), "OFF is off");
+        // On: "ON" goes through the gateway to the broker, the Ack shows, and
+        // the value comes back as the tile's.
+        ops.eval(&format!("{fan}.click(); true")).await;
+        received(&at_broker, "cmd/fan", "ON");
+        let ack = "document.querySelector(\"[data-topic='cmd/fan'] .ctl output\")";
+        ops.wait_for(5000, "the Ack", &format!("{ack}.dataset.ack === 'ok'")).await;
+        assert_eq!(ops.eval(&format!("{ack}.textContent")).await, json!("sent"));
+        ops.wait_for(
+            5000,
+            "the value back",
+            "document.querySelector(\"[data-topic='cmd/fan'] .value\").textContent === 'ON'",
+        )
+        .await;
+        assert_eq!(ops.eval(&format!("{fan}.checked")).await, json!(true));
+        // A number to its own publish topic, from a tile no value has reached yet.
+        let set = "document.querySelector(\"[data-topic='cmd/setpoint'] .ctl input\")";
+        ops.wait_for(5000, "the setpoint input", &format!("{set}?.type === 'number'")).await;
+        assert_eq!(ops.eval(&format!("[{set}.min, {set}.max, {set}.step]")).await, json!(["5", "30", "0.1"]));
+        ops.eval(&format!("{set}.value = '21.5'; {set}.form.requestSubmit(); true")).await;
+        received(&at_broker, "cmd/setpoint/set", "21.5");
+        ops.wait_for(
+            5000,
+            "the setpoint's Ack",
+            "document.querySelector(\"[data-topic='cmd/setpoint'] .ctl output\").dataset.ack === 'ok'",
+        )
+        .await;
+
+        // A token without publish permission sees the values, not the controls.
+        let mut viewer = open_page(&browser, &format!("http://{}/?token=view-t0ken", server.addr), 1280, 860).await;
+        viewer
+            .wait_for(10_000, "the viewer to go live", "document.getElementById('conn')?.dataset.state === 'live'")
+            .await;
+        viewer
+            .wait_for(
+                5000,
+                "the viewer's tiles",
+                "document.querySelector(\"[data-topic='cmd/fan'] .value\")?.textContent === 'ON'",
+            )
+            .await;
+        assert_eq!(viewer.eval("document.querySelectorAll('.ctl').length").await, json!(0));
+        assert_eq!(viewer.eval("document.querySelector(\"[data-topic='cmd/setpoint']\")").await, json!(null));
+        assert_eq!(ops.eval("document.querySelectorAll('.ctl').length").await, json!(2));
+    });
+}
+
+#[test]
+fn the_page_says_why_it_cannot_connect() {
+    let broker = Broker::start();
+    let cfg = config(broker.port, &format!("[limits]\nmax-connections = 1\n{}", token_entry("wall", "t0ken-1", "[]")));
+    let mut server = Server::start_linked(&cfg);
+    let addr = server.addr;
+    let browser = Browser::launch();
+    let banner = "document.getElementById('banner')";
+    block_on_timeout(120_000, "browser test", async {
+        // No token on a server that needs one: said, and no connection tried.
+        let mut page = open_page(&browser, &format!("http://{addr}/"), 1280, 860).await;
+        page.wait_for(10_000, "the token message", &format!("{banner}.textContent.includes('needs an access token')"))
+            .await;
+        assert_eq!(page.eval(&format!("{banner}.hidden")).await, json!(false));
+        assert_eq!(
+            page.eval(&format!("{banner}.textContent")).await,
+            json!("This gateway needs an access token: open the page with ?token=…")
+        );
+        assert_eq!(page.eval("document.getElementById('conn').dataset.state").await, json!("refused"));
+        assert_eq!(page.eval("window.edgepush === undefined").await, json!(true), "no WebSocket without a token");
+        // A wrong one: said with the server's reason.
+        let mut wrong = open_page(&browser, &format!("http://{addr}/?token=nope"), 1280, 860).await;
+        wrong
+            .wait_for(10_000, "the refused-token message", &format!("{banner}.textContent.includes('(unknown token)')"))
+            .await;
+
+        // The gateway full: said with the seconds to the retry, and live once a slot is free.
+        let holder =
+            timeout(5000, "a client", Client::connect(&format!("ws://{addr}/ws?token=t0ken-1"))).await.unwrap();
+        let mut full = open_page(&browser, &format!("http://{addr}/?token=t0ken-1"), 1280, 860).await;
+        full.wait_for(
+            10_000,
+            "the full message",
+            &format!("/The gateway is full, retrying in \\d s/.test({banner}.textContent)"),
+        )
+        .await;
+        drop(holder);
+        full.wait_for(20_000, "the page to go live", "document.getElementById('conn').dataset.state === 'live'").await;
+        assert_eq!(full.eval(&format!("{banner}.hidden")).await, json!(true));
+
+        // After a failed connect: the server comes back without this token. The
+        // page's reconnect is refused, /access says why, and it stops trying.
+        server.shutdown();
+        let mut cfg2 = config(broker.port, &token_entry("other", "another-t0ken", "[]"));
+        cfg2.listen = addr;
+        server = Server::start_linked(&cfg2);
+        full.wait_for(
+            40_000,
+            "the refused-token message",
+            &format!("{banner}.textContent.includes('(unknown token)')"),
+        )
+        .await;
+        assert_eq!(
+            full.eval("[document.getElementById('conn').dataset.state, window.edgepush.state]").await,
+            json!(["refused", "closed"])
+        );
+    });
+    drop(server);
+}
+
 #[test]
 fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload() {
     let broker = Broker::start();
@@ -191,7 +533,7 @@ fn the_dashboard_shows_live_values_notices_an_outage_and_recovers_without_reload
         broker.port,
         &format!(
             "[heartbeat]\ninterval-ms = 1000\ntimeout-ms = 1000\n\
-             [[auth.tokens]]\nname = \"wall\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n"
+             [[auth.tokens]]\nname = \"wall\"\nsha256 = \"{hash}\"\nsubscribe = [\"#\"]\n{SITE_DASHBOARD}"
         ),
     );
     let mut server = Server::start_linked(&cfg);

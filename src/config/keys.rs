@@ -690,7 +690,7 @@ mod tests {
     #[test]
     fn the_annotated_file_documents_every_key() {
         let doc = documented(include_str!("../../systemd/edgepush.toml"));
-        let sections: [(&str, &[&str]); 8] = [
+        let sections: [(&str, &[&str]); 10] = [
             (Top::TABLE, Top::KEYS),
             (Mqtt::TABLE, Mqtt::KEYS),
             (Limits::TABLE, Limits::KEYS),
@@ -699,13 +699,18 @@ mod tests {
             (Log::TABLE, Log::KEYS),
             ("tls", TLS_KEYS),
             (Jwt::TABLE, Jwt::KEYS),
+            ("dashboard", super::super::dashboard::KEYS),
+            ("dashboard.rule", super::super::dashboard::RULE_KEYS),
         ];
         let mut missing = Vec::new();
         for (table, keys) in sections {
             for key in keys {
-                // `tokens` and `jwt` are documented as their [[auth.tokens]] and [auth.jwt] examples.
-                let found = if table == "auth" && (*key == "tokens" || *key == "jwt") {
-                    doc.iter().any(|(s, _)| *s == format!("auth.{key}"))
+                // `tokens`, `jwt` and `rule` are documented as their [[auth.tokens]], [auth.jwt] and [[dashboard.rule]] examples.
+                let found = if (table, *key) == ("auth", "tokens")
+                    || (table, *key) == ("auth", "jwt")
+                    || (table, *key) == ("dashboard", "rule")
+                {
+                    doc.iter().any(|(s, _)| *s == format!("{table}.{key}"))
                 } else {
                     doc.iter().any(|(s, k)| s == table && k == key)
                 };

@@ -9,6 +9,7 @@
 //! they hold.
 
 pub(crate) mod board;
+pub(crate) mod dashboard;
 pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod tls;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value as Toml};
 
 use crate::config::board::{Board, MemoryModel};
+pub use dashboard::Dashboard;
 use keys::{problem, show, Section, Top};
 pub use keys::{Auth, Heartbeat, Jwt, Limits, Log, Mqtt};
 
@@ -75,6 +77,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `[log]`.
     pub log: Log,
+    /// `[dashboard]`: what the built-in page shows.
+    pub dashboard: Dashboard,
     /// `[mqtt] ca`, `cert`, `key` as read by [`Config::read_files`].
     pub(crate) mqtt_tls: Option<tls::Client>,
     /// What the file says that an operator should hear about (see [`Config::warnings`]).
@@ -141,6 +145,7 @@ impl Default for Config {
             auth: Auth::default(),
             tls: None,
             log: Log::default(),
+            dashboard: Dashboard::default(),
             mqtt_tls: None,
             notes: Vec::new(),
         }
@@ -414,6 +419,9 @@ impl Config {
             });
         }
         section(Log::TABLE, &|t| self.log.render(t));
+        if let Some(d) = self.dashboard.render() {
+            root.insert("dashboard".into(), d);
+        }
         toml::to_string(&root).expect("a TOML table always serializes")
     }
 }
@@ -458,6 +466,9 @@ fn apply(cfg: &mut Config, table: Table, problems: &mut Vec<Problem>) {
         Some(other) => root.bad("tls", format!("must be a table, got {}", show(&other))),
     }
     section(&mut root, Log::TABLE, |s| cfg.log.apply(s));
+    if let Some(d) = root.table.remove("dashboard") {
+        cfg.dashboard = dashboard::parse(d, root.problems);
+    }
     root.finish();
 }
 

@@ -174,7 +174,9 @@ fn reload_config(current: Config, new: Result<Config, ConfigError>, running: &Ru
                 fds::check(&next);
             }
             logging::set_level(next.log.level);
-            log::info!("reload: config applied (limits, heartbeat, auth, origins, TLS certificate, log level)");
+            log::info!(
+                "reload: config applied (limits, heartbeat, auth, origins, TLS certificate, log level, dashboard)"
+            );
             next
         }
     }

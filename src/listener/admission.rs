@@ -93,6 +93,27 @@ impl Admission {
         }
     }
 
+    /// What [`Admission::try_admit`] would say about the caps (not the rate)
+    /// for `ip`, taking nothing: the `/access` check.
+    pub fn would_admit(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let c = self.lock();
+        if c.total >= self.max.load(Relaxed) {
+            return Err(Refusal::Capacity);
+        }
+        if c.by_ip.get(&canonical(ip)).is_some_and(|n| *n >= self.per_ip.load(Relaxed)) {
+            return Err(Refusal::PerAddress);
+        }
+        Ok(())
+    }
+
+    /// What [`Admission::try_admit_token`] would say, taking nothing.
+    pub fn would_admit_token(&self, token: &str, max: usize) -> Result<(), Refusal> {
+        match self.lock().by_token.get(token) {
+            Some(n) if *n >= max => Err(Refusal::PerToken),
+            _ => Ok(()),
+        }
+    }
+
     /// Takes one of `token`'s `max` connections, or refuses (429).
     pub fn try_admit_token(self: &Arc<Self>, token: &Arc<str>, max: usize) -> Result<TokenSlot, Refusal> {
         let mut c = self.lock();
@@ -264,6 +285,24 @@ mod tests {
         drop(slots);
         assert_eq!(a.try_admit(ip).err(), Some(Refusal::Rate), "closing them does not give the rate back");
         assert!(a.try_admit(other).is_ok(), "another address has its own bucket");
+    }
+
+    #[test]
+    fn would_admit_says_what_admission_would_and_takes_nothing() {
+        let a = Admission::new(2, 1, 100);
+        let (ip, other): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!(a.would_admit(ip), Ok(()));
+        let _s = a.try_admit(ip).unwrap();
+        assert_eq!(a.would_admit("::ffff:10.0.0.1".parse().unwrap()), Err(Refusal::PerAddress));
+        assert_eq!(a.would_admit(other), Ok(()));
+        let _t = a.try_admit(other).unwrap();
+        assert_eq!(a.would_admit(other), Err(Refusal::Capacity));
+        assert_eq!(a.total(), 2);
+        let name: Arc<str> = "wall".into();
+        assert_eq!(a.would_admit_token("wall", 1), Ok(()));
+        let _w = a.try_admit_token(&name, 1).unwrap();
+        assert_eq!(a.would_admit_token("wall", 1), Err(Refusal::PerToken));
+        assert_eq!(a.would_admit_token("wall", 2), Ok(()));
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub fn presented(authorization: Option<&[u8]>, query: Option<&str>, cookies: &[&
     })
 }
 
-fn percent_decode(s: &[u8]) -> Vec<u8> {
+/// A query value decoded as an HTML form value (`%XX`, `+` as a space).
+pub(crate) fn percent_decode(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

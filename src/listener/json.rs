@@ -3,6 +3,9 @@
 //! surrogates and nesting deeper than [`MAX_DEPTH`] are refused. Our own
 //! rather than serde_json: a claim set is a few flat fields, and serde_json
 //! would take a large part of the binary size budget shared by every feature.
+//! [`Json`]'s `Display` writes a value back (`/dashboard.json`, `/access`).
+
+use std::fmt::{self, Write as _};
 
 /// A JSON value.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +30,60 @@ impl Json {
             _ => None,
         }
     }
+}
+
+impl From<&str> for Json {
+    fn from(s: &str) -> Json {
+        Json::Str(s.to_owned())
+    }
+}
+
+/// Compact JSON text; a non-finite number (never parsed) is written `null`.
+impl fmt::Display for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Json::Null => f.write_str("null"),
+            Json::Bool(b) => write!(f, "{b}"),
+            Json::Num(n) if n.is_finite() => write!(f, "{n}"),
+            Json::Num(_) => f.write_str("null"),
+            Json::Str(s) => write_str(f, s),
+            Json::Arr(items) => {
+                f.write_char('[')?;
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_char(',')?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                f.write_char(']')
+            }
+            Json::Obj(members) => {
+                f.write_char('{')?;
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        f.write_char(',')?;
+                    }
+                    write_str(f, k)?;
+                    write!(f, ":{v}")?;
+                }
+                f.write_char('}')
+            }
+        }
+    }
+}
+
+fn write_str(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    f.write_char('"')?;
+    for c in s.chars() {
+        match c {
+            '"' => f.write_str("\\\"")?,
+            '\\' => f.write_str("\\\\")?,
+            '\n' => f.write_str("\\n")?,
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => write!(f, "\\u{:04x}", c as u32)?,
+            c => f.write_char(c)?,
+        }
+    }
+    f.write_char('"')
 }
 
 /// Parses exactly one JSON value (whitespace around it allowed).
@@ -246,6 +303,23 @@ mod tests {
         assert_eq!(parse("\"é\"".as_bytes()), Some(s("é")));
         assert_eq!(parse(b"-0.5"), Some(Json::Num(-0.5)));
         assert_eq!(parse(b"[]"), Some(Json::Arr(vec![])));
+    }
+
+    #[test]
+    fn writes_what_it_parses() {
+        let v = Json::Obj(vec![
+            ("t\"x".into(), "a\\b\n\u{1}é\u{2028}".into()),
+            ("n".into(), Json::Arr(vec![Json::Num(10.0), Json::Num(-0.25), Json::Num(1e21), Json::Null])),
+            ("b".into(), Json::Bool(true)),
+            ("o".into(), Json::Obj(vec![])),
+        ]);
+        let text = v.to_string();
+        assert_eq!(
+            text,
+            r#"{"t\"x":"a\\b\n\u0001é\u2028","n":[10,-0.25,1000000000000000000000,null],"b":true,"o":{}}"#
+        );
+        assert_eq!(parse(text.as_bytes()), Some(v));
+        assert_eq!(Json::Num(f64::NAN).to_string(), "null");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! HTTP request head, authentication and Origin, the routes beside `/ws`, and
 //! the upgrade that hands a connection to its [`Session`].
 
+pub(crate) mod access;
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod health;
@@ -69,6 +70,8 @@ pub(crate) struct Live {
     /// `[limits] trusted-proxies`: empty, the common case, costs one check.
     trusted: Vec<Net>,
     proxy_protocol: bool,
+    /// `GET /dashboard.json`'s body: `[dashboard]`, rendered once per load.
+    dashboard: String,
 }
 
 impl Live {
@@ -108,6 +111,7 @@ impl Live {
             max_header_bytes: cfg.limits.max_header_bytes,
             trusted: cfg.limits.trusted_proxies.clone(),
             proxy_protocol: cfg.limits.proxy_protocol,
+            dashboard: access::dashboard_json(&cfg.dashboard),
         })
     }
 }
@@ -553,6 +557,9 @@ async fn handshake_phase(
                 },
             }
         }
+        // What /ws would decide, readable by a page; no slot (access.rs).
+        (Ok(head), _, "/access") => access::check(head, line.query.as_deref(), client.ip(), shared, live).answer(),
+        (Ok(head), _, "/dashboard.json") => access::dashboard(head, line.query.as_deref(), client.ip(), shared, live),
         (_, _, path) => routes::get(path, shared),
     };
     if line.path == "/ws" {
