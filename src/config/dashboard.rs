@@ -114,8 +114,9 @@ pub(super) fn parse(value: Toml, problems: &mut Vec<Problem>) -> Dashboard {
     };
     let mut s = Section { name: "dashboard", table, problems };
     s.string("title", &mut d.title);
-    let groups_written = s.table.contains_key("groups");
     groups(&mut s, &mut d.groups);
+    // `groups = []` means what leaving it out means: the rules' order.
+    let groups_written = !d.groups.is_empty();
     let rules = s.table.remove("rule");
     s.finish();
     let Some(rules) = rules else { return d };

@@ -43,7 +43,7 @@ async function access() {
 }
 
 function blocked(a, retryAt) {
-  st.block = { text: SAY[a.access].replace('{r}', a.reason), retryAt };
+  st.block = { text: (SAY[a.access] ?? SAY.unreachable).replace('{r}', a.reason), retryAt };
   render();
 }
 
@@ -64,8 +64,13 @@ async function start() {
   } catch { /* the defaults */ }
   document.title = $('title').textContent = st.cfg.title;
   // A control on a topic that has no value yet still shows.
-  for (const r of st.cfg.rules) if (r.control && !/[+#]/.test(r.filter) && matches(st.filter, r.filter) && may(r.publish_topic ?? r.filter)) tile(r.filter).pinned = true;
+  pin();
   connect();
+}
+
+// A control on a topic that has no value yet still shows.
+function pin() {
+  for (const r of st.cfg.rules) if (r.control && !/[+#]/.test(r.filter) && matches(st.filter, r.filter) && may(r.publish_topic ?? r.filter)) tile(r.filter).pinned = true;
 }
 
 function connect() {
@@ -82,7 +87,7 @@ function connect() {
   f.on('synced', (m) => m.mode === 'Snapshot' && fillHistory());
   f.on('lagged', (m) => notice(`This screen fell behind: ${m.skipped} updates skipped; showing the latest values.`));
   f.on('error', (e) => {
-    if (e.kind === 'server' && st.history && e.code === 429) return;
+    if (e.kind === 'server' && st.history > 0 && e.code === 429) return;
     if (e.kind === 'server') notice(`Server refused request ${e.req}: ${e.code} ${e.message}`);
     else console.error('edgepush:', e.message);
   });
@@ -250,9 +255,9 @@ function pushPoint(t, num, at) {
 // each topic from the server's ring, merged with the live ones by (ts, seq): seqs
 // start again after a server restart, its clock does not.
 async function fillHistory() {
-  st.history = true;
+  st.history = (st.history ?? 0) + 1;
   const answer = await f.history(f.filters, SPARK_POINTS).catch(() => null);
-  st.history = false;
+  st.history--;
   for (const { topic, points } of answer?.topics ?? []) {
     const t = st.tiles.get(topic);
     if (!t) continue;
@@ -332,6 +337,7 @@ $('filter-form').addEventListener('submit', (e) => {
   for (const t of st.tiles.values()) t.el.remove();
   st.tiles.clear();
   $('empty').hidden = false;
+  pin();
   f?.setFilters([v]);
 });
 // Round trip through the server's request queue, which WebSocket pings cannot show.

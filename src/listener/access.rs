@@ -16,7 +16,7 @@ use super::jwt::Rejected;
 use super::{Live, Shared};
 use crate::config::Dashboard;
 use crate::metrics::Refusal;
-use edgepush_protocol::{origin, Permissions};
+use edgepush_protocol::{origin, topic, Permissions};
 
 /// What the handshake would decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,21 +176,34 @@ fn decide(head: &Head<'_>, query: Option<&str>, ip: IpAddr, shared: &Shared, liv
 }
 
 /// `GET /dashboard.json`: the `[dashboard]` section for a request whose
-/// credentials `/ws` would take (rate-limited the same way); otherwise the
-/// `/access` answer that says why not.
+/// credentials `/ws` would take (rate-limited the same way), cut to what
+/// those credentials may see; otherwise the `/access` answer that says why not.
 pub(super) fn dashboard(head: &Head<'_>, query: Option<&str>, ip: IpAddr, shared: &Shared, live: &Live) -> Vec<u8> {
     match rate(shared, ip).and_then(|()| credentials(head, query, live)) {
-        Ok(_) => http::response(200, "application/json", &[], live.dashboard.as_bytes()),
+        Ok(who) => http::response(200, "application/json", &[], dashboard_json(&live.dashboard, &who.perms).as_bytes()),
         Err(v) => v.answer(),
     }
 }
 
-/// `[dashboard]` as the page reads it: the file's keys with `_` for `-`.
-pub(super) fn dashboard_json(d: &Dashboard) -> String {
+/// A rule's keys that describe its control: left out where the token may not publish.
+const CONTROL_KEYS: &[&str] = &["control", "publish-topic", "payload-on", "payload-off"];
+
+/// `[dashboard]` as the page reads it (the file's keys with `_` for `-`), for
+/// a token with `perms`: only the rules whose filter overlaps one of its
+/// subscribe scopes, a rule's control only where it may publish there, and
+/// only the groups those rules name. A read-only token learns no command
+/// topic or payload, and no token learns topics `/ws` would not show it.
+pub(super) fn dashboard_json(d: &Dashboard, perms: &Permissions) -> String {
     let text = |s: &str| Json::Str(s.to_owned());
-    let rules = d.rules.iter().map(|r| {
+    let visible: Vec<_> =
+        d.rules.iter().filter(|r| perms.subscribe.iter().any(|p| topic::overlaps(p, &r.filter))).collect();
+    let groups = d.groups.iter().filter(|g| visible.iter().any(|r| r.group.as_deref() == Some(g.as_str())));
+    let rules = visible.iter().map(|r| {
+        let target = r.publish_topic.as_deref().unwrap_or(&r.filter);
+        let control = r.control.is_some() && perms.publish.iter().any(|p| topic::overlaps(p, target));
         let mut m = vec![("filter".to_owned(), text(&r.filter))];
-        m.extend(r.texts().map(|(k, v)| (k.replace('-', "_"), Json::Str(v))));
+        let texts = r.texts().filter(|(k, _)| control || !CONTROL_KEYS.contains(k));
+        m.extend(texts.map(|(k, v)| (k.replace('-', "_"), Json::Str(v))));
         if let Some(n) = r.decimals {
             m.push(("decimals".into(), Json::Num(f64::from(n))));
         }
@@ -199,7 +212,7 @@ pub(super) fn dashboard_json(d: &Dashboard) -> String {
     });
     Json::Obj(vec![
         ("title".into(), text(&d.title)),
-        ("groups".into(), Json::Arr(d.groups.iter().map(|g| text(g)).collect())),
+        ("groups".into(), Json::Arr(groups.map(|g| text(g)).collect())),
         ("rules".into(), Json::Arr(rules.collect())),
     ])
     .to_string()
@@ -246,11 +259,20 @@ mod tests {
             None,
         )
         .unwrap();
-        let text = dashboard_json(&cfg.dashboard);
+        let all = Permissions { subscribe: vec!["#".into()], publish: vec!["a/#".into()] };
+        let text = dashboard_json(&cfg.dashboard, &all);
         assert_eq!(
             text,
             r#"{"title":"Plant \"3\"","groups":["Hall"],"rules":[{"filter":"a/+","unit":"°C","group":"Hall","control":"number","publish_topic":"a/set","decimals":1,"alarm_above":30.5}]}"#
         );
         assert!(json::parse(text.as_bytes()).is_some());
+        // Read-only: the rule without its control; outside the scopes: nothing.
+        let read_only = Permissions { subscribe: vec!["a/b".into()], publish: vec![] };
+        assert_eq!(
+            dashboard_json(&cfg.dashboard, &read_only),
+            r#"{"title":"Plant \"3\"","groups":["Hall"],"rules":[{"filter":"a/+","unit":"°C","group":"Hall","decimals":1,"alarm_above":30.5}]}"#
+        );
+        let elsewhere = Permissions { subscribe: vec!["b/#".into(), "$SYS/#".into()], publish: vec!["a/set".into()] };
+        assert_eq!(dashboard_json(&cfg.dashboard, &elsewhere), r#"{"title":"Plant \"3\"","groups":[],"rules":[]}"#);
     }
 }

@@ -70,8 +70,8 @@ pub(crate) struct Live {
     /// `[limits] trusted-proxies`: empty, the common case, costs one check.
     trusted: Vec<Net>,
     proxy_protocol: bool,
-    /// `GET /dashboard.json`'s body: `[dashboard]`, rendered once per load.
-    dashboard: String,
+    /// `[dashboard]`, rendered per `GET /dashboard.json` for its token's scopes.
+    dashboard: crate::config::Dashboard,
 }
 
 impl Live {
@@ -111,7 +111,7 @@ impl Live {
             max_header_bytes: cfg.limits.max_header_bytes,
             trusted: cfg.limits.trusted_proxies.clone(),
             proxy_protocol: cfg.limits.proxy_protocol,
-            dashboard: access::dashboard_json(&cfg.dashboard),
+            dashboard: cfg.dashboard.clone(),
         })
     }
 }

@@ -12,7 +12,9 @@ pub enum Due {
     Ping,
     /// Send `ServerMsg::Heartbeat`, then call [`Heartbeat::sent`].
     Heartbeat,
-    /// The last ping went unanswered for the timeout: drop the connection.
+    /// The last ping went unanswered for the timeout, or a due ping could not
+    /// even be sent for that long (a write stuck: the peer reads nothing):
+    /// drop the connection.
     Dead,
 }
 
@@ -56,6 +58,11 @@ impl Heartbeat {
             if now >= sent + self.timeout {
                 return Due::Dead;
             }
+        } else if now >= self.next_ping + self.timeout {
+            // The ping has been due for the timeout and is still not out: the
+            // session only sends it between frames, so one frame has been
+            // stuck that long. A silent peer, as if the ping had gone unanswered.
+            return Due::Dead;
         } else if now >= self.next_ping {
             return Due::Ping;
         }
@@ -102,6 +109,15 @@ mod tests {
         h.pong();
         assert_eq!(h.poll(t0 + 20 * S), Due::Idle(t0 + 29 * S));
         assert_eq!(h.poll(t0 + 29 * S), Due::Heartbeat);
+    }
+
+    #[test]
+    fn a_ping_that_cannot_go_out_is_dead_at_the_timeout_not_before() {
+        let t0 = Instant::now();
+        let h = Heartbeat::new(t0, 15 * S, 10 * S);
+        // Due at 15 s, but a stuck write kept the session from sending it.
+        assert_eq!(h.poll(t0 + 24 * S), Due::Ping);
+        assert_eq!(h.poll(t0 + 25 * S), Due::Dead);
     }
 
     #[test]

@@ -323,7 +323,7 @@ export class Follower extends EventTarget {
   // lost connection. Not live: the resume point does not move, nothing reaches 'event'.
   history(filters = this.filters, perTopic = 60) {
     const id = this._next();
-    return this._wait('history', id, { type: 'History', id, filters: [...filters], per_topic: perTopic });
+    return this._wait('history', id, { type: 'History', id, filters: [...filters], per_topic: Math.min(0xffff, Math.max(0, perTopic | 0)) });
   }
 
   // An application round trip through the server's request queue; resolves to ms.

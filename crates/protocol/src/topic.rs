@@ -122,6 +122,27 @@ pub fn covers(permission: &str, filter: &str) -> bool {
     }
 }
 
+/// Whether some topic is matched by both filters (valid), with the `$` rule.
+///
+/// `sensors/+/t` and `sensors/kitchen/#` overlap (`sensors/kitchen/t`);
+/// `a/+` and `b/#` do not; `#` and `$SYS/#` do not.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let literal_dollar = |f: &str| f.starts_with('$');
+    if (literal_dollar(a) && starts_with_wildcard(b)) || (literal_dollar(b) && starts_with_wildcard(a)) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(l), Some(r)) if l == r => {}
+            _ => return false,
+        }
+    }
+}
+
 /// The filters a connection may subscribe and publish within: a token's
 /// scopes. Fixed when the connection is admitted.
 ///
@@ -215,6 +236,27 @@ mod tests {
         ];
         for (p, f, want) in cases {
             assert_eq!(covers(p, f), want, "{p} covers {f}");
+        }
+    }
+
+    #[test]
+    fn overlap() {
+        let cases = [
+            ("sensors/+/t", "sensors/kitchen/#", true),
+            ("sensors/#", "sensors", true),
+            ("a/+", "b/#", false),
+            ("a/+", "a/b/c", false),
+            ("a/+/c", "a/b/+", true),
+            ("#", "$SYS/#", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a", "a/b", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(overlaps(a, b), want, "{a} overlaps {b}");
+            assert_eq!(overlaps(b, a), want, "{b} overlaps {a}");
         }
     }
 }
