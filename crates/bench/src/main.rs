@@ -45,6 +45,10 @@ OPTIONS:
     --json FILE          also write every measurement as a JSON line (- for stdout)
     --quick              a smoke run: 20 clients, --idle 20, 1 s steps, 1 run
     --server-bin PATH    the edgepush binary to start (default: beside this program, else PATH)
+    --idle-only          only the idle scenarios (RSS, connects, idle CPU): with
+                         --idle-secs 300, the idle CPU over five minutes
+    --broker-nagle       the tool's mosquitto without `set_tcp_nodelay true` (a stock
+                         mosquitto.conf; the package's drop-in sets it)
 ";
 
 /// A server under test.
@@ -74,6 +78,10 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// The `edgepush` binary the local pair runs.
     pub server_bin: Option<PathBuf>,
+    /// The local mosquitto keeps Nagle's algorithm on its sockets.
+    pub broker_nagle: bool,
+    /// Only the idle scenarios.
+    pub idle_only: bool,
     pub external: Vec<Target>,
 }
 
@@ -90,6 +98,8 @@ impl Default for Options {
             runs: 3,
             json: None,
             server_bin: None,
+            broker_nagle: false,
+            idle_only: false,
             external: Vec::new(),
         }
     }
@@ -137,6 +147,8 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "--runs" => o.runs = num(a, it.next())?,
             "--json" => o.json = Some(it.next().ok_or("--json needs a FILE")?.into()),
             "--server-bin" => o.server_bin = Some(it.next().ok_or("--server-bin needs a PATH")?.into()),
+            "--broker-nagle" => o.broker_nagle = true,
+            "--idle-only" => o.idle_only = true,
             "--quick" => {
                 o.clients = 20;
                 o.idle = vec![20];
@@ -391,10 +403,19 @@ fn measure(t: &Target, o: &Options, run: usize, sink: &mut Sink) -> Result<(), S
         }
         if i == 0 && !t.cpu_pids.is_empty() {
             let c0 = load::cpu_of(&t.cpu_pids);
+            let alone: Vec<u32> = t.rss_pid.into_iter().collect();
+            let a0 = load::cpu_of(&alone);
             std::thread::sleep(Duration::from_secs_f64(o.idle_secs));
             f.push(("idle_cpu_s_per_min", (load::cpu_of(&t.cpu_pids) - c0) * 60.0 / o.idle_secs));
+            // The server process alone (edgepush's figure above includes its broker).
+            if !alone.is_empty() {
+                f.push(("idle_cpu_server_s_per_min", (load::cpu_of(&alone) - a0) * 60.0 / o.idle_secs));
+            }
         }
         emit(sink, format!("idle-{n}"), f);
+    }
+    if o.idle_only {
+        return Ok(());
     }
 
     // Delivery: a ramp (or one step) with `clients` subscribers.
@@ -490,7 +511,7 @@ fn server_bin(o: &Options) -> PathBuf {
     beside.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("edgepush"))
 }
 
-fn start_local(run: usize, server: &std::path::Path) -> Result<Local, String> {
+fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Local, String> {
     let dir = std::env::temp_dir().join(format!("edgepush-bench-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut local = Local { dir: dir.clone(), children: Vec::new(), targets: Vec::new(), start_ms: Vec::new() };
@@ -498,7 +519,8 @@ fn start_local(run: usize, server: &std::path::Path) -> Result<Local, String> {
     let conf = dir.join("mosquitto.conf");
     let text = format!(
         "listener {mq_tcp} 127.0.0.1\nlistener {mq_ws} 127.0.0.1\nprotocol websockets\n\
-         allow_anonymous true\npersistence false\nlog_type error\nlog_type warning\n"
+         allow_anonymous true\npersistence false\nlog_type error\nlog_type warning\nset_tcp_nodelay {}\n",
+        !nagle
     );
     std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
     let mut cmd = Command::new("mosquitto");
@@ -605,6 +627,12 @@ fn rows(o: &Options) -> Vec<Row> {
                 format!("idle-{n}"),
                 "idle_cpu_s_per_min",
                 Some(|e, _| (e < 0.1, "< 0.1")),
+            ));
+            v.push(r(
+                format!("  the server process alone, {n} clients"),
+                format!("idle-{n}"),
+                "idle_cpu_server_s_per_min",
+                Some(|e, _| (e <= 0.05, "<= 0.05")),
             ));
         }
     }
@@ -723,7 +751,7 @@ pub fn run(o: &Options) -> Result<Vec<Record>, String> {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!("edgepush-bench: {cpus} CPUs, {} run(s), fd limit {nofile}", o.runs);
     for run in 1..=o.runs {
-        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o))?) } else { None };
+        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o), o.broker_nagle)?) } else { None };
         let mut targets = local.as_ref().map_or_else(|| o.external.clone(), |l| l.targets.clone());
         if run % 2 == 0 {
             targets.reverse();
@@ -784,6 +812,9 @@ mod tests {
             (10, vec![5, 7], (10.0, 2.0, 100.0), (3, 40.0), 2)
         );
         assert!(o.external.is_empty());
+        assert!(!o.idle_only && !o.broker_nagle, "by default: every scenario, the broker without Nagle's delay");
+        let o = parse_args(&args("--idle-only --broker-nagle")).unwrap();
+        assert!(o.idle_only && o.broker_nagle);
         let o = parse_args(&args("--edgepush ws://gw:8080/ws --broker gw:1883 --edgepush-pid 7")).unwrap();
         assert_eq!(o.external.len(), 1);
         assert_eq!((o.external[0].rss_pid, o.external[0].broker.as_str()), (Some(7), "gw:1883"));
