@@ -31,7 +31,9 @@ fn nodelay(fd: i32) -> bool {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes one c_int into `v`, which we own.
-    let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, std::ptr::from_mut(&mut v).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, std::ptr::from_mut(&mut v).cast(), &mut len)
+    };
     assert_eq!(r, 0, "getsockopt TCP_NODELAY on fd {fd}");
     v != 0
 }

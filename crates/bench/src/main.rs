@@ -6,6 +6,7 @@
 //! run, alternating, with the ratios. A binary of its own: gateway builds do
 //! not carry it; run it from a laptop against a gateway, or beside the server.
 
+mod floor;
 mod load;
 mod mqtt;
 
@@ -24,6 +25,10 @@ USAGE:
     edgepush-bench [OPTIONS]                     edgepush vs mosquitto, both started here
     edgepush-bench --edgepush URL --broker HOST:PORT [--edgepush-pid PID]
     edgepush-bench --mosquitto-ws URL --broker HOST:PORT [--mosquitto-pid PID]
+    edgepush-bench floor [--clients N] [--rate R] [--secs S] [--runs K]
+                                                 the kernel floor: the same frames, one
+                                                 send(2) per delivery, nothing else
+                                                 (default 1000 clients x 25/s, 8 s, 3 runs)
 
 With neither --edgepush nor --mosquitto-ws, each run starts a mosquitto (MQTT
 and websockets listeners on loopback) and `edgepush run` linked to it (the
@@ -780,6 +785,9 @@ fn main() -> std::process::ExitCode {
         print!("{USAGE}");
         return std::process::ExitCode::SUCCESS;
     }
+    if args.first().is_some_and(|a| a == "floor") {
+        return floor_command(&args[1..]);
+    }
     let o = match parse_args(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -794,6 +802,56 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `edgepush-bench floor`: CPU per 100,000 deliveries of a bare sender, the median of the runs.
+fn floor_command(args: &[String]) -> std::process::ExitCode {
+    let (mut clients, mut rate, mut secs, mut runs) = (1000usize, 25.0f64, 8.0f64, 3usize);
+    let mut it = args.iter();
+    let parsed: Result<(), String> = (|| {
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--clients" => clients = num(a, it.next())?,
+                "--rate" => rate = num(a, it.next())?,
+                "--secs" => secs = num(a, it.next())?,
+                "--runs" => runs = num(a, it.next())?,
+                other => return Err(format!("floor: unknown argument {other:?}")),
+            }
+        }
+        if clients == 0 || runs == 0 || rate <= 0.0 || secs <= 0.0 {
+            return Err("floor: --clients, --rate, --secs and --runs must be positive".into());
+        }
+        Ok(())
+    })();
+    if let Err(e) = parsed {
+        eprintln!("edgepush-bench: {e}\n\n{USAGE}");
+        return std::process::ExitCode::from(64);
+    }
+    let nofile = raise_nofile();
+    if (2 * clients as u64) + 64 > nofile {
+        eprintln!("edgepush-bench: floor: {clients} socket pairs need more file descriptors than {nofile}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut figures = Vec::new();
+    for run in 1..=runs {
+        match floor::run(clients, rate, secs) {
+            Ok(f) => {
+                eprintln!(
+                    "run {run} floor     {clients} x {rate}/s  deliveries={} cpu_s_per_100k={} kernel_share={}",
+                    f.deliveries,
+                    round(f.cpu_s_per_100k),
+                    round(f.kernel_share)
+                );
+                figures.push(f.cpu_s_per_100k);
+            }
+            Err(e) => {
+                eprintln!("edgepush-bench: floor: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("floor: {} CPU-s per 100k deliveries ({clients} x {rate}/s, median of {runs})", fmt_num(median(figures)));
+    std::process::ExitCode::SUCCESS
 }
 
 #[cfg(test)]
