@@ -73,6 +73,7 @@ fn build_package() -> PathBuf {
 const EXPECTED: &[(&str, &str, &str)] = &[
     ("-rwxr-xr-x", "0/0", "./usr/bin/edgepush"),
     ("-rw-r-----", "0/0", "./etc/edgepush/edgepush.toml"),
+    ("-rw-r--r--", "0/0", "./etc/mosquitto/conf.d/edgepush.conf"),
     ("-rw-r--r--", "0/0", "./usr/lib/systemd/system/edgepush.service"),
     ("-rw-r--r--", "0/0", "./usr/lib/systemd/system/edgepush.socket"),
     ("-rw-r--r--", "0/0", "./usr/share/doc/edgepush/PROTOCOL.md"),
@@ -101,7 +102,7 @@ fn deb_package_installs_every_file_with_its_mode_and_owner_and_its_units_pass_sy
     let ctl = scratch_dir("deb-control");
     run(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(&ctl));
     let conffiles = std::fs::read_to_string(ctl.join("conffiles")).unwrap();
-    assert_eq!(conffiles.trim(), "/etc/edgepush/edgepush.toml");
+    assert_eq!(conffiles.trim(), "/etc/edgepush/edgepush.toml\n/etc/mosquitto/conf.d/edgepush.conf");
     let script = |name: &str| {
         let path = ctl.join(name);
         run(Command::new("sh").arg("-n").arg(&path));
@@ -112,6 +113,7 @@ fn deb_package_installs_every_file_with_its_mode_and_owner_and_its_units_pass_sy
     let postinst = script("postinst");
     assert!(postinst.contains("adduser --system --group"), "postinst creates the user:\n{postinst}");
     assert!(postinst.contains("chown root:edgepush /etc/edgepush/edgepush.toml"), "{postinst}");
+    assert!(postinst.contains("restart mosquitto"), "postinst says how the broker's drop-in applies:\n{postinst}");
     for unit in ["edgepush.service", "edgepush.socket"] {
         assert!(postinst.contains(&format!("deb-systemd-helper enable {unit}")), "postinst enables {unit}");
     }

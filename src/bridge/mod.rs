@@ -100,6 +100,10 @@ async fn run(
     let (client, mut events) = AsyncClient::new(opts, 64);
     let mut network = rumqttc::NetworkOptions::new();
     network.set_connection_timeout(CONNECT_TIMEOUT_S);
+    // PUBACKs and pings go out at once, not after the broker's delayed ACK of
+    // the one before (Nagle's algorithm); they also carry our ACK of what the
+    // broker sent, so its own Nagle-held packets follow at once.
+    network.set_tcp_nodelay(true);
     events.set_network_options(network);
     let filters: Vec<SubscribeFilter> =
         cfg.subscribe.iter().map(|f| SubscribeFilter::new(f.clone(), qos(cfg.qos))).collect();

@@ -190,7 +190,7 @@ impl Session {
         // armed at once; a later one waits until the armed one fires, which is
         // early and harmless: the loop finds nothing due and arms the next.
         let ticker = Ticker::get();
-        let mut armed: Option<Instant> = None;
+        let mut armed: Option<(Instant, ticker::Entry)> = None;
         let age_limit = cfg.max_age.map(|age| recycle_at(Instant::now(), age, self.conn));
         loop {
             // What is due now, and when to wake for the next thing.
@@ -289,13 +289,12 @@ impl Session {
                 if now >= wake_at {
                     return Poll::Ready(Step::Timer);
                 }
-                if armed.is_some_and(|at| now >= at) {
+                if armed.is_some_and(|(at, _)| now >= at) {
                     // The armed slot has come (this may be its wake-up): arm the next.
                     armed = None;
                 }
-                if armed.is_none_or(|at| wake_at < at) {
-                    ticker.wake_at(wake_at, cx.waker());
-                    armed = Some(wake_at);
+                if armed.is_none_or(|(at, _)| wake_at < at) {
+                    armed = Some((wake_at, ticker.wake_at(wake_at, cx.waker())));
                 }
                 Poll::Pending
             })
@@ -351,7 +350,15 @@ impl Session {
                         Metrics::inc(&self.metrics.protocol_closes);
                         return End::Close(1003, "text messages are not accepted");
                     }
-                    Message::Pong(_) => hb.pong(),
+                    Message::Pong(_) => {
+                        hb.pong();
+                        // The armed wake-up is the ping timeout, now void: the
+                        // next one (the next ping, seconds later) is armed
+                        // instead, so an idle round wakes the session once.
+                        if let Some((_, entry)) = armed.take() {
+                            ticker.cancel(entry);
+                        }
+                    }
                     // tungstenite queues the pong and the close reply itself.
                     Message::Ping(_) | Message::Close(_) | Message::Frame(_) => {}
                 },

@@ -48,6 +48,13 @@ impl AsyncRead for Raw {
             }
             match this.io.get_ref().read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.readable = false,
+                // A short read took all the socket had: the next read would
+                // find nothing (a wasted `recv(2)` per pong), so it waits
+                // for the reactor instead, which reports input that came since.
+                Ok(n) if n > 0 && n < buf.len() => {
+                    this.readable = false;
+                    return Poll::Ready(Ok(n));
+                }
                 r => return Poll::Ready(r),
             }
         }
@@ -121,6 +128,16 @@ mod tests {
             assert!(nothing.is_none());
             assert!(!s.readable);
             peer.write_all(b"hi").await.unwrap();
+            assert_eq!(s.read(&mut buf).await.unwrap(), 2);
+            assert!(!s.readable, "a short read drained the socket: the next waits for the reactor");
+            // What arrives after that short read is still read.
+            peer.write_all(b"more").await.unwrap();
+            assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+            // A full buffer may leave more behind: read again at once.
+            peer.write_all(b"0123456789").await.unwrap();
+            smol::Timer::after(std::time::Duration::from_millis(50)).await;
+            assert_eq!(s.read(&mut buf).await.unwrap(), 8);
+            assert!(s.readable);
             assert_eq!(s.read(&mut buf).await.unwrap(), 2);
             s.write_all(b"back").await.unwrap();
             let mut got = [0u8; 4];

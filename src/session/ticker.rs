@@ -12,7 +12,10 @@
 //! (rare: deadlines are seconds away) also signals the thread.
 //!
 //! A session wakes at its deadline or up to one tick later. Wakers of sessions
-//! that ended or re-armed stay until their slot comes; waking them is harmless.
+//! that ended or re-armed stay until their slot comes; waking them is harmless,
+//! but not free (a task wake-up and its executor thread's syscalls), so a
+//! session cancels the entry it no longer needs where that is common: the
+//! ping-timeout deadline, once the pong has come, every heartbeat round.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -27,8 +30,22 @@ pub const TICK: Duration = Duration::from_millis(TICK_MS);
 
 pub struct Ticker {
     start: Instant,
-    slots: Mutex<BTreeMap<u64, Vec<Waker>>>,
+    slots: Mutex<Slots>,
     earlier: Condvar,
+}
+
+/// The wheel: wakers by slot, each with the number [`Ticker::cancel`] finds it by.
+#[derive(Default)]
+struct Slots {
+    by_slot: BTreeMap<u64, Vec<(u64, Waker)>>,
+    next_id: u64,
+}
+
+/// An armed wake-up, for [`Ticker::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    slot: u64,
+    id: u64,
 }
 
 impl Ticker {
@@ -62,13 +79,29 @@ impl Ticker {
     }
 
     /// Wakes `waker` at `at`, or up to one [`TICK`] later.
-    pub fn wake_at(&self, at: Instant, waker: &Waker) {
+    pub fn wake_at(&self, at: Instant, waker: &Waker) -> Entry {
         let slot = self.slot(at);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let first = slots.keys().next().copied();
-        slots.entry(slot).or_default().push(waker.clone());
+        let first = slots.by_slot.keys().next().copied();
+        let id = slots.next_id;
+        slots.next_id += 1;
+        slots.by_slot.entry(slot).or_default().push((id, waker.clone()));
         if first.is_none_or(|f| slot < f) {
             self.earlier.notify_one();
+        }
+        Entry { slot, id }
+    }
+
+    /// Takes back a wake-up not yet due (one already woken: nothing). An
+    /// emptied slot goes too; if the timer thread sleeps until it, it wakes
+    /// there once, finds it gone and sleeps on.
+    pub fn cancel(&self, e: Entry) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wakers) = slots.by_slot.get_mut(&e.slot) {
+            wakers.retain(|(id, _)| *id != e.id);
+            if wakers.is_empty() {
+                slots.by_slot.remove(&e.slot);
+            }
         }
     }
 
@@ -83,7 +116,7 @@ impl Ticker {
                 }
                 Due::Wake(due) => {
                     drop(slots);
-                    for w in due.into_values().flatten() {
+                    for (_, w) in due.into_values().flatten() {
                         w.wake();
                     }
                     slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -94,7 +127,8 @@ impl Ticker {
 
     /// What the timer thread does at `now`: takes out every due slot, or says
     /// how long to sleep.
-    fn due(&self, slots: &mut BTreeMap<u64, Vec<Waker>>, now: Instant) -> Due {
+    fn due(&self, slots: &mut Slots, now: Instant) -> Due {
+        let slots = &mut slots.by_slot;
         let Some(&first) = slots.keys().next() else { return Due::Idle };
         let at = self.slot_time(first);
         if now < at {
@@ -116,7 +150,7 @@ enum Due {
     /// The first slot is this far ahead.
     In(Duration),
     /// These slots are due.
-    Wake(BTreeMap<u64, Vec<Waker>>),
+    Wake(BTreeMap<u64, Vec<(u64, Waker)>>),
 }
 
 #[cfg(test)]
@@ -167,9 +201,30 @@ mod tests {
         assert!(t.due(&mut slots, deadline - Duration::from_millis(1)).is_in(), "due before its deadline");
         // At the slot's time it is due, and its waker runs.
         let Due::Wake(due) = t.due(&mut slots, t.slot_time(slot)) else { panic!("not due at its slot's time") };
-        assert!(slots.is_empty());
-        due.into_values().flatten().for_each(Waker::wake);
+        assert!(slots.by_slot.is_empty());
+        due.into_values().flatten().for_each(|(_, w)| w.wake());
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_cancelled_wake_up_never_comes_and_its_empty_slot_goes() {
+        let t = Ticker::new();
+        let (kept, gone) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
+        let at = t.start + TICK * 5;
+        let k = t.wake_at(at, &Waker::from(kept.clone()));
+        let g = t.wake_at(at, &Waker::from(gone.clone()));
+        let alone = t.wake_at(at + TICK * 3, &Waker::from(gone.clone()));
+        assert_eq!((k.slot, g.slot), (5, 5));
+        assert_ne!(k.id, g.id);
+        t.cancel(g);
+        t.cancel(alone);
+        t.cancel(alone);
+        let mut slots = t.slots.lock().unwrap();
+        assert_eq!(slots.by_slot.len(), 1, "the emptied slot is gone");
+        let Due::Wake(due) = t.due(&mut slots, at + TICK * 10) else { panic!("not due") };
+        due.into_values().flatten().for_each(|(_, w)| w.wake());
+        assert_eq!((kept.0.load(Ordering::SeqCst), gone.0.load(Ordering::SeqCst)), (1, 0));
+        assert!(matches!(t.due(&mut slots, at + TICK * 10), Due::Idle));
     }
 
     impl Due {

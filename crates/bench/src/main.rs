@@ -6,6 +6,7 @@
 //! run, alternating, with the ratios. A binary of its own: gateway builds do
 //! not carry it; run it from a laptop against a gateway, or beside the server.
 
+mod floor;
 mod load;
 mod mqtt;
 
@@ -24,6 +25,10 @@ USAGE:
     edgepush-bench [OPTIONS]                     edgepush vs mosquitto, both started here
     edgepush-bench --edgepush URL --broker HOST:PORT [--edgepush-pid PID]
     edgepush-bench --mosquitto-ws URL --broker HOST:PORT [--mosquitto-pid PID]
+    edgepush-bench floor [--clients N] [--rate R] [--secs S] [--runs K]
+                                                 the kernel floor: the same frames, one
+                                                 send(2) per delivery, nothing else
+                                                 (default 1000 clients x 25/s, 8 s, 3 runs)
 
 With neither --edgepush nor --mosquitto-ws, each run starts a mosquitto (MQTT
 and websockets listeners on loopback) and `edgepush run` linked to it (the
@@ -45,6 +50,10 @@ OPTIONS:
     --json FILE          also write every measurement as a JSON line (- for stdout)
     --quick              a smoke run: 20 clients, --idle 20, 1 s steps, 1 run
     --server-bin PATH    the edgepush binary to start (default: beside this program, else PATH)
+    --idle-only          only the idle scenarios (RSS, connects, idle CPU): with
+                         --idle-secs 300, the idle CPU over five minutes
+    --broker-nagle       the tool's mosquitto without `set_tcp_nodelay true` (a stock
+                         mosquitto.conf; the package's drop-in sets it)
 ";
 
 /// A server under test.
@@ -74,6 +83,10 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// The `edgepush` binary the local pair runs.
     pub server_bin: Option<PathBuf>,
+    /// The local mosquitto keeps Nagle's algorithm on its sockets.
+    pub broker_nagle: bool,
+    /// Only the idle scenarios.
+    pub idle_only: bool,
     pub external: Vec<Target>,
 }
 
@@ -90,6 +103,8 @@ impl Default for Options {
             runs: 3,
             json: None,
             server_bin: None,
+            broker_nagle: false,
+            idle_only: false,
             external: Vec::new(),
         }
     }
@@ -137,6 +152,8 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "--runs" => o.runs = num(a, it.next())?,
             "--json" => o.json = Some(it.next().ok_or("--json needs a FILE")?.into()),
             "--server-bin" => o.server_bin = Some(it.next().ok_or("--server-bin needs a PATH")?.into()),
+            "--broker-nagle" => o.broker_nagle = true,
+            "--idle-only" => o.idle_only = true,
             "--quick" => {
                 o.clients = 20;
                 o.idle = vec![20];
@@ -391,10 +408,19 @@ fn measure(t: &Target, o: &Options, run: usize, sink: &mut Sink) -> Result<(), S
         }
         if i == 0 && !t.cpu_pids.is_empty() {
             let c0 = load::cpu_of(&t.cpu_pids);
+            let alone: Vec<u32> = t.rss_pid.into_iter().collect();
+            let a0 = load::cpu_of(&alone);
             std::thread::sleep(Duration::from_secs_f64(o.idle_secs));
             f.push(("idle_cpu_s_per_min", (load::cpu_of(&t.cpu_pids) - c0) * 60.0 / o.idle_secs));
+            // The server process alone (edgepush's figure above includes its broker).
+            if !alone.is_empty() {
+                f.push(("idle_cpu_server_s_per_min", (load::cpu_of(&alone) - a0) * 60.0 / o.idle_secs));
+            }
         }
         emit(sink, format!("idle-{n}"), f);
+    }
+    if o.idle_only {
+        return Ok(());
     }
 
     // Delivery: a ramp (or one step) with `clients` subscribers.
@@ -490,7 +516,7 @@ fn server_bin(o: &Options) -> PathBuf {
     beside.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("edgepush"))
 }
 
-fn start_local(run: usize, server: &std::path::Path) -> Result<Local, String> {
+fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Local, String> {
     let dir = std::env::temp_dir().join(format!("edgepush-bench-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut local = Local { dir: dir.clone(), children: Vec::new(), targets: Vec::new(), start_ms: Vec::new() };
@@ -498,7 +524,8 @@ fn start_local(run: usize, server: &std::path::Path) -> Result<Local, String> {
     let conf = dir.join("mosquitto.conf");
     let text = format!(
         "listener {mq_tcp} 127.0.0.1\nlistener {mq_ws} 127.0.0.1\nprotocol websockets\n\
-         allow_anonymous true\npersistence false\nlog_type error\nlog_type warning\n"
+         allow_anonymous true\npersistence false\nlog_type error\nlog_type warning\nset_tcp_nodelay {}\n",
+        !nagle
     );
     std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
     let mut cmd = Command::new("mosquitto");
@@ -605,6 +632,12 @@ fn rows(o: &Options) -> Vec<Row> {
                 format!("idle-{n}"),
                 "idle_cpu_s_per_min",
                 Some(|e, _| (e < 0.1, "< 0.1")),
+            ));
+            v.push(r(
+                format!("  the server process alone, {n} clients"),
+                format!("idle-{n}"),
+                "idle_cpu_server_s_per_min",
+                Some(|e, _| (e <= 0.05, "<= 0.05")),
             ));
         }
     }
@@ -723,7 +756,7 @@ pub fn run(o: &Options) -> Result<Vec<Record>, String> {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!("edgepush-bench: {cpus} CPUs, {} run(s), fd limit {nofile}", o.runs);
     for run in 1..=o.runs {
-        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o))?) } else { None };
+        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o), o.broker_nagle)?) } else { None };
         let mut targets = local.as_ref().map_or_else(|| o.external.clone(), |l| l.targets.clone());
         if run % 2 == 0 {
             targets.reverse();
@@ -752,6 +785,9 @@ fn main() -> std::process::ExitCode {
         print!("{USAGE}");
         return std::process::ExitCode::SUCCESS;
     }
+    if args.first().is_some_and(|a| a == "floor") {
+        return floor_command(&args[1..]);
+    }
     let o = match parse_args(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -766,6 +802,56 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `edgepush-bench floor`: CPU per 100,000 deliveries of a bare sender, the median of the runs.
+fn floor_command(args: &[String]) -> std::process::ExitCode {
+    let (mut clients, mut rate, mut secs, mut runs) = (1000usize, 25.0f64, 8.0f64, 3usize);
+    let mut it = args.iter();
+    let parsed: Result<(), String> = (|| {
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--clients" => clients = num(a, it.next())?,
+                "--rate" => rate = num(a, it.next())?,
+                "--secs" => secs = num(a, it.next())?,
+                "--runs" => runs = num(a, it.next())?,
+                other => return Err(format!("floor: unknown argument {other:?}")),
+            }
+        }
+        if clients == 0 || runs == 0 || rate <= 0.0 || secs <= 0.0 {
+            return Err("floor: --clients, --rate, --secs and --runs must be positive".into());
+        }
+        Ok(())
+    })();
+    if let Err(e) = parsed {
+        eprintln!("edgepush-bench: {e}\n\n{USAGE}");
+        return std::process::ExitCode::from(64);
+    }
+    let nofile = raise_nofile();
+    if (2 * clients as u64) + 64 > nofile {
+        eprintln!("edgepush-bench: floor: {clients} socket pairs need more file descriptors than {nofile}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut figures = Vec::new();
+    for run in 1..=runs {
+        match floor::run(clients, rate, secs) {
+            Ok(f) => {
+                eprintln!(
+                    "run {run} floor     {clients} x {rate}/s  deliveries={} cpu_s_per_100k={} kernel_share={}",
+                    f.deliveries,
+                    round(f.cpu_s_per_100k),
+                    round(f.kernel_share)
+                );
+                figures.push(f.cpu_s_per_100k);
+            }
+            Err(e) => {
+                eprintln!("edgepush-bench: floor: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("floor: {} CPU-s per 100k deliveries ({clients} x {rate}/s, median of {runs})", fmt_num(median(figures)));
+    std::process::ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -784,6 +870,9 @@ mod tests {
             (10, vec![5, 7], (10.0, 2.0, 100.0), (3, 40.0), 2)
         );
         assert!(o.external.is_empty());
+        assert!(!o.idle_only && !o.broker_nagle, "by default: every scenario, the broker without Nagle's delay");
+        let o = parse_args(&args("--idle-only --broker-nagle")).unwrap();
+        assert!(o.idle_only && o.broker_nagle);
         let o = parse_args(&args("--edgepush ws://gw:8080/ws --broker gw:1883 --edgepush-pid 7")).unwrap();
         assert_eq!(o.external.len(), 1);
         assert_eq!((o.external[0].rss_pid, o.external[0].broker.as_str()), (Some(7), "gw:1883"));
