@@ -70,7 +70,12 @@ phase() {
     PHASE=$1 PHASE_START=$now
     [ -z "$PHASE" ] || echo "=== $ARCH: $PHASE"
 }
-ok() { echo "ok: $*"; }
+# Each check's line says how long it took (since the previous one).
+LAST_OK=$SECONDS
+ok() {
+    echo "ok ($((SECONDS - LAST_OK)) s): $*"
+    LAST_OK=$SECONDS
+}
 fail() {
     echo "FAILED ($ARCH): $*" >&2
     if [ -n "$VM_PID" ]; then
@@ -603,6 +608,7 @@ main() {
     boot
     echo "booted; SSH on 127.0.0.1:$SSH_PORT, dashboard on $WEB_PORT, MQTT on $MQTT_PORT"
     phase "checks"
+    LAST_OK=$SECONDS
     install_package
     ok "apt install ./$(basename "$DEB"): edgepush.service active"
     if [ "$MODE" = shell ]; then
