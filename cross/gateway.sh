@@ -630,5 +630,6 @@ main() {
     echo "=== $ARCH: all checks passed in $((SECONDS - START)) s"
 }
 
-main
-exit
+# On one line: bash reads the next line only after main returns, from a file
+# that may have been edited meanwhile.
+main; exit
