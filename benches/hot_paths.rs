@@ -3,7 +3,7 @@
 //! No framework (criterion would add a dozen crates for four loops): each case
 //! runs in batches long enough to time (about 20 ms), 15 samples, and the
 //! median nanoseconds per iteration are printed with the spread. CI builds
-//! these (`cargo bench --no-run`) and asserts no times: the machines are shared
+//! these (`cargo build --benches`) and asserts no times: the machines are shared
 //! and noisy. End-to-end figures come from `edgepush-bench`.
 
 use std::hint::black_box;
