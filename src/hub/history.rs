@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use edgepush_protocol::msg::{HISTORY_MAX_PER_TOPIC, HISTORY_MAX_POINTS, HISTORY_MAX_VALUE_BYTES};
 use edgepush_protocol::{topic, Permissions, ServerMsg};
 
-use super::{bytes, error, Conn, HistoryEntry, TopicEntry};
+use super::{bytes, check_filters, error, Conn, HistoryEntry, TopicEntry};
 use crate::outbox::Bytes;
 
 /// History requests a connection may make at once; one more comes back
@@ -44,20 +44,7 @@ impl Budget {
 
 /// The checks of a History, in the order of docs/PROTOCOL.md §6.13.
 pub(crate) fn check(perms: &Permissions, max: usize, id: u32, filters: &[String]) -> Result<(), Bytes> {
-    if filters.is_empty() {
-        return Err(error(400, id, "empty filter list"));
-    }
-    for f in filters {
-        if let Err(e) = topic::validate_filter(f) {
-            let shown: String = f.chars().take(64).collect();
-            return Err(error(400, id, format!("bad filter {shown:?}: {e}")));
-        }
-    }
-    for f in filters {
-        if !perms.may_subscribe(f) {
-            return Err(error(403, id, format!("not permitted to subscribe to {f:?}")));
-        }
-    }
+    check_filters(perms, id, filters)?;
     if filters.len() > max {
         return Err(error(413, id, format!("a request may hold at most {max} filters")));
     }

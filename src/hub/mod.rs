@@ -460,11 +460,10 @@ impl Hub {
     }
 }
 
-/// The checks of docs/PROTOCOL.md §6.5 for a Subscribe, in their order.
-fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<(), Bytes> {
-    if c.subs.contains_key(&id) {
-        return Err(error(409, id, format!("subscription {id} is already live")));
-    }
+/// The checks a Subscribe (§6.5) and a History (§6.13) make of their filter
+/// list, in their order: not empty (400), each a valid filter (400), each
+/// within the connection's subscribe permissions (403).
+fn check_filters(perms: &Permissions, id: u32, filters: &[String]) -> Result<(), Bytes> {
     if filters.is_empty() {
         return Err(error(400, id, "empty filter list"));
     }
@@ -475,10 +474,19 @@ fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<
         }
     }
     for f in filters {
-        if !c.perms.may_subscribe(f) {
+        if !perms.may_subscribe(f) {
             return Err(error(403, id, format!("not permitted to subscribe to {f:?}")));
         }
     }
+    Ok(())
+}
+
+/// The checks of docs/PROTOCOL.md §6.5 for a Subscribe, in their order.
+fn check_subscribe(c: &Conn, max: usize, id: u32, filters: &[String]) -> Result<(), Bytes> {
+    if c.subs.contains_key(&id) {
+        return Err(error(409, id, format!("subscription {id} is already live")));
+    }
+    check_filters(&c.perms, id, filters)?;
     if c.filters + filters.len() > max {
         return Err(error(413, id, format!("a connection may hold at most {max} filters")));
     }
