@@ -27,21 +27,36 @@ fn a_client_that_never_reads_is_evicted_while_a_fast_one_gets_everything() {
     ));
     let total = 600u64;
     let port = broker.port;
-    let publishing = std::thread::spawn(move || {
-        let mut p = Publisher::connect(port);
-        for i in 0..total {
-            p.publish(&format!("big/{}", i % 4), vec![b'a' + (i % 10) as u8; PAYLOAD]);
-            // Paced, so the fast client keeps up even in a debug build (a
-            // publishing rate, not a wait for anything).
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        p.flush();
-    });
+    // What the fast client has received so far: the publisher stays at most
+    // `AHEAD` events in front of it (a closed loop, so "fast" means keeping
+    // up, whatever the machine's speed; under qemu-user a fixed publishing
+    // rate outran the emulated client). AHEAD is well under the outbox.
+    const AHEAD: u64 = 16;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let publishing = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut p = Publisher::connect(port);
+            for i in 0..total {
+                // Bounded: 60 s (scaled) in all, as the reader's own limit.
+                assert!(
+                    poll_until(60_000, || received.load(Relaxed) + AHEAD > i),
+                    "the fast client stopped receiving at {} of {total}",
+                    received.load(Relaxed)
+                );
+                p.publish(&format!("big/{}", i % 4), vec![b'a' + (i % 10) as u8; PAYLOAD]);
+            }
+            p.flush();
+        })
+    };
     block_on_timeout(60_000, "fast client events", async {
         let mut seqs = Vec::new();
         while seqs.len() < total as usize {
             match next(&mut fast).await {
-                ServerMsg::Event { seq, .. } => seqs.push(seq),
+                ServerMsg::Event { seq, .. } => {
+                    seqs.push(seq);
+                    received.store(seqs.len() as u64, Relaxed);
+                }
                 ServerMsg::Lagged { .. } => panic!("the fast client lagged"),
                 _ => {}
             }
