@@ -16,7 +16,8 @@ use smol::stream::StreamExt;
 use smol::Async;
 
 use super::mqtt;
-use edgepush_client::Client;
+use edgepush_client::{Client, ClientStream, ConnectOptions};
+use futures_rustls::rustls::ClientConfig;
 use edgepush_protocol::{ServerMsg, Value};
 
 /// Microseconds since the tool started: the publisher writes it into each
@@ -158,13 +159,21 @@ pub type Gate = (async_channel::Sender<()>, async_channel::Receiver<()>);
 pub const FILTER: &str = "bench/#";
 pub const TOPICS: usize = 8;
 
+/// Where a client connects: the URL (`ws://` or `wss://`) and, for `wss://`,
+/// the TLS config that trusts the server's certificate.
+#[derive(Clone)]
+pub struct Dial {
+    pub url: String,
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
 /// One client: connects (holding a slot of `gate` while it does), subscribes,
 /// then records every event until the task is dropped.
-pub async fn client(kind: Kind, url: String, n: usize, gate: Gate, census: Arc<Census>, rec: Arc<Recorder>) {
+pub async fn client(kind: Kind, dial: Dial, n: usize, gate: Gate, census: Arc<Census>, rec: Arc<Recorder>) {
     let _ = gate.0.send(()).await;
     let connected = match kind {
-        Kind::Edgepush => edgepush_connect(&url).await.map(Conn::Edgepush),
-        Kind::MqttWs => mqtt_connect(&url, n).await.map(Conn::Mqtt),
+        Kind::Edgepush => edgepush_connect(&dial).await.map(Conn::Edgepush),
+        Kind::MqttWs => mqtt_connect(&dial, n).await.map(Conn::Mqtt),
     };
     let _ = gate.1.try_recv();
     let conn = match connected {
@@ -201,10 +210,11 @@ enum Conn {
     Mqtt(WsStream),
 }
 
-type WsStream = async_tungstenite::WebSocketStream<Async<TcpStream>>;
+type WsStream = async_tungstenite::WebSocketStream<ClientStream>;
 
-async fn edgepush_connect(url: &str) -> Result<Client, String> {
-    let mut c = Client::connect(url).await.map_err(|e| e.to_string())?;
+async fn edgepush_connect(dial: &Dial) -> Result<Client, String> {
+    let opts = ConnectOptions { tls: dial.tls.clone(), ..ConnectOptions::default() };
+    let mut c = Client::connect_with(&dial.url, &opts).await.map_err(|e| e.to_string())?;
     c.subscribe(1, &[FILTER], None).await.map_err(|e| e.to_string())?;
     loop {
         match c.next().await.map_err(|e| e.to_string())? {
@@ -231,13 +241,28 @@ async fn send_ws(ws: &mut WsStream, bytes: Vec<u8>) -> Result<(), String> {
     std::future::poll_fn(|cx| ws.as_mut().poll_flush(cx)).await.map_err(|e| e.to_string())
 }
 
-async fn mqtt_connect(url: &str, n: usize) -> Result<WsStream, String> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("not a ws:// URL: {url}"))?;
+async fn mqtt_connect(dial: &Dial, n: usize) -> Result<WsStream, String> {
+    let url = dial.url.as_str();
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://"), &dial.tls) {
+        (Some(r), _, _) => (r, None),
+        (_, Some(r), Some(tls)) => (r, Some(tls)),
+        _ => return Err(format!("not a ws:// URL (or wss:// without a certificate to trust): {url}")),
+    };
     let host_port = &rest[..rest.find('/').unwrap_or(rest.len())];
     let addr = smol::net::resolve(host_port).await.map_err(|e| e.to_string())?;
     let addr = addr.first().ok_or_else(|| format!("{host_port} resolves to nothing"))?;
     let stream = Async::<TcpStream>::connect(*addr).await.map_err(|e| e.to_string())?;
     let _ = stream.get_ref().set_nodelay(true);
+    let stream = match tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => {
+            let host = edgepush_protocol::authority::bare_host(host_port);
+            let name = futures_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("{url}: {e}"))?;
+            let s = futures_rustls::TlsConnector::from(tls.clone()).connect(name, stream).await;
+            ClientStream::Tls(Box::new(s.map_err(|e| format!("TLS handshake with {url}: {e}"))?))
+        }
+    };
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);

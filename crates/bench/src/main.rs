@@ -18,7 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use load::{Census, Kind, Recorder};
+use futures_rustls::rustls::ClientConfig;
+use load::{Census, Dial, Kind, Recorder};
 
 pub const USAGE: &str = "\
 USAGE:
@@ -54,6 +55,10 @@ OPTIONS:
                          --idle-secs 300, the idle CPU over five minutes
     --broker-nagle       the tool's mosquitto without `set_tcp_nodelay true` (a stock
                          mosquitto.conf; the package's drop-in sets it)
+    --tls                the pair the tool starts serves wss (a self-signed certificate made
+                         here: edgepush's `[tls]`, mosquitto's websockets listener with
+                         certfile/keyfile) and every figure is measured over wss: TLS 1.3,
+                         every connect a full handshake (no session resumption)
 ";
 
 /// A server under test.
@@ -62,6 +67,8 @@ pub struct Target {
     pub name: &'static str,
     pub kind: Kind,
     pub url: String,
+    /// For a `wss://` URL: the TLS config that trusts the server's certificate.
+    pub tls: Option<Arc<ClientConfig>>,
     /// Where the tool publishes (MQTT over TCP).
     pub broker: String,
     /// Processes whose CPU counts as the server's (edgepush counts its broker too).
@@ -87,6 +94,8 @@ pub struct Options {
     pub broker_nagle: bool,
     /// Only the idle scenarios.
     pub idle_only: bool,
+    /// The local pair serves wss.
+    pub tls: bool,
     pub external: Vec<Target>,
 }
 
@@ -105,6 +114,7 @@ impl Default for Options {
             server_bin: None,
             broker_nagle: false,
             idle_only: false,
+            tls: false,
             external: Vec::new(),
         }
     }
@@ -154,6 +164,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "--server-bin" => o.server_bin = Some(it.next().ok_or("--server-bin needs a PATH")?.into()),
             "--broker-nagle" => o.broker_nagle = true,
             "--idle-only" => o.idle_only = true,
+            "--tls" => o.tls = true,
             "--quick" => {
                 o.clients = 20;
                 o.idle = vec![20];
@@ -177,6 +188,9 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
     if o.secs <= 0.0 || o.idle_secs <= 0.0 || o.rate.is_some_and(|r| r <= 0.0) || o.latency.1 <= 0.0 {
         return Err("--secs, --idle-secs, --rate and --latency rates must be positive".into());
     }
+    if o.tls && (ep.is_some() || mq.is_some()) {
+        return Err("--tls is for the pair the tool starts, not with --edgepush or --mosquitto-ws".into());
+    }
     if ep.is_some() || mq.is_some() {
         let broker = broker.ok_or("--broker HOST:PORT is needed with --edgepush or --mosquitto-ws")?;
         for (url, kind, name, pid) in
@@ -187,7 +201,15 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                     return Err(format!("not a ws:// URL: {url}"));
                 }
                 let pids = pid.into_iter().collect();
-                o.external.push(Target { name, kind, url, broker: broker.clone(), cpu_pids: pids, rss_pid: pid });
+                o.external.push(Target {
+                    name,
+                    kind,
+                    url,
+                    tls: None,
+                    broker: broker.clone(),
+                    cpu_pids: pids,
+                    rss_pid: pid,
+                });
             }
         }
     }
@@ -279,7 +301,7 @@ fn raise_nofile() -> u64 {
 /// A crowd of clients on the tool's executor; dropping it closes them.
 struct Crowd {
     kind: Kind,
-    url: String,
+    dial: Dial,
     census: Arc<Census>,
     rec: Arc<Recorder>,
     gate: load::Gate,
@@ -290,7 +312,7 @@ impl Crowd {
     fn new(t: &Target, rec: &Arc<Recorder>) -> Crowd {
         Crowd {
             kind: t.kind,
-            url: t.url.clone(),
+            dial: Dial { url: t.url.clone(), tls: t.tls.clone() },
             census: Arc::new(Census::default()),
             rec: rec.clone(),
             gate: async_channel::bounded(64),
@@ -308,8 +330,8 @@ impl Crowd {
         let before = self.tasks.len();
         while self.tasks.len() < n {
             let i = self.tasks.len();
-            let f =
-                load::client(self.kind, self.url.clone(), i, self.gate.clone(), self.census.clone(), self.rec.clone());
+            let (gate, census, rec) = (self.gate.clone(), self.census.clone(), self.rec.clone());
+            let f = load::client(self.kind, self.dial.clone(), i, gate, census, rec);
             self.tasks.push(executor().spawn(f));
         }
         let limit = Duration::from_secs(30) + Duration::from_millis(20 * (n - before) as u64);
@@ -317,10 +339,10 @@ impl Crowd {
             let failed = self.census.failed.load(std::sync::atomic::Ordering::Relaxed);
             if failed > 0 {
                 let e = self.census.last_error.lock().unwrap().clone().unwrap_or_default();
-                return Err(format!("{failed} of {n} clients failed to connect to {}: {e}", self.url));
+                return Err(format!("{failed} of {n} clients failed to connect to {}: {e}", self.dial.url));
             }
             if start.elapsed() > limit {
-                return Err(format!("only {} of {n} clients connected to {} in {limit:?}", self.ready(), self.url));
+                return Err(format!("only {} of {n} clients connected to {} in {limit:?}", self.ready(), self.dial.url));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -516,14 +538,40 @@ fn server_bin(o: &Options) -> PathBuf {
     beside.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("edgepush"))
 }
 
-fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Local, String> {
+/// A self-signed certificate for 127.0.0.1 written to `dir` as `cert.pem` and
+/// `key.pem`, and a client config that trusts it and never resumes a session
+/// (every connect a full handshake). The files are world-readable: mosquitto,
+/// started as root, drops to its own user before its websockets listener
+/// reads them. Returns the `[tls]` section for edgepush.
+fn certificate(dir: &std::path::Path) -> Result<(String, Arc<ClientConfig>), String> {
+    let k = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .map_err(|e| format!("making a certificate: {e}"))?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    for (path, text) in [(&cert, k.cert.pem()), (&key, k.key_pair.serialize_pem())] {
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let trusting = edgepush_client::trusting(&cert)?;
+    let mut config = (*trusting).clone();
+    config.resumption = futures_rustls::rustls::client::Resumption::disabled();
+    let section = format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string());
+    Ok((section, Arc::new(config)))
+}
+
+fn start_local(run: usize, server: &std::path::Path, nagle: bool, tls: bool) -> Result<Local, String> {
     let dir = std::env::temp_dir().join(format!("edgepush-bench-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut local = Local { dir: dir.clone(), children: Vec::new(), targets: Vec::new(), start_ms: Vec::new() };
     let (mq_tcp, mq_ws, ep) = (free_port()?, free_port()?, free_port()?);
+    let (tls_section, client_tls) = if tls { certificate(&dir).map(|(s, c)| (s, Some(c)))? } else { (String::new(), None) };
+    // mosquitto's TLS websockets listener: the same certificate, on the websockets listener only.
+    let mq_tls = if tls {
+        format!("certfile {}\nkeyfile {}\n", dir.join("cert.pem").display(), dir.join("key.pem").display())
+    } else {
+        String::new()
+    };
     let conf = dir.join("mosquitto.conf");
     let text = format!(
-        "listener {mq_tcp} 127.0.0.1\nlistener {mq_ws} 127.0.0.1\nprotocol websockets\n\
+        "listener {mq_tcp} 127.0.0.1\nlistener {mq_ws} 127.0.0.1\nprotocol websockets\n{mq_tls}\
          allow_anonymous true\npersistence false\nlog_type error\nlog_type warning\nset_tcp_nodelay {}\n",
         !nagle
     );
@@ -539,7 +587,7 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Loca
     let text = format!(
         "listen = \"127.0.0.1:{ep}\"\n[mqtt]\nport = {mq_tcp}\nclient-id = \"edgepush-bench-{}-{run}\"\n\
          [limits]\nmax-connections = 8192\nmax-connections-per-ip = 8192\nconnections-per-second-per-ip = 1000000\n\
-         [auth]\nmode = \"none\"\n[log]\nlevel = \"error\"\n",
+         [auth]\nmode = \"none\"\n[log]\nlevel = \"error\"\n{tls_section}",
         std::process::id()
     );
     std::fs::write(&cfg, text).map_err(|e| format!("{}: {e}", cfg.display()))?;
@@ -551,18 +599,20 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Loca
     local.start_ms.push(("edgepush", ms));
     // Wait for its broker link (/healthz 200) before measuring.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !healthy(ep) {
+    while !healthy(ep, client_tls.as_ref()) {
         if Instant::now() > deadline {
             return Err("edgepush did not link to the broker within 10 s".into());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let broker = format!("127.0.0.1:{mq_tcp}");
+    let scheme = if tls { "wss" } else { "ws" };
     local.targets = vec![
         Target {
             name: "edgepush",
             kind: Kind::Edgepush,
-            url: format!("ws://127.0.0.1:{ep}/ws"),
+            url: format!("{scheme}://127.0.0.1:{ep}/ws"),
+            tls: client_tls.clone(),
             broker: broker.clone(),
             cpu_pids: vec![ep_pid, mq_pid],
             rss_pid: Some(ep_pid),
@@ -570,7 +620,8 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Loca
         Target {
             name: "mosquitto",
             kind: Kind::MqttWs,
-            url: format!("ws://127.0.0.1:{mq_ws}/"),
+            url: format!("{scheme}://127.0.0.1:{mq_ws}/"),
+            tls: client_tls,
             broker,
             cpu_pids: vec![mq_pid],
             rss_pid: Some(mq_pid),
@@ -579,15 +630,27 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool) -> Result<Loca
     Ok(local)
 }
 
-fn healthy(port: u16) -> bool {
+/// `GET /healthz` answers 200 (over TLS with `tls`).
+fn healthy(port: u16, tls: Option<&Arc<ClientConfig>>) -> bool {
+    use futures_rustls::rustls::{pki_types::ServerName, ClientConnection, StreamOwned};
     use std::io::Read;
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
+    let request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
     let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    let answered = match tls {
+        None => {
+            let mut s = s;
+            s.write_all(request).is_ok() && s.read_exact(&mut head).is_ok()
+        }
+        Some(config) => {
+            let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            let Ok(conn) = ClientConnection::new(config.clone(), name) else { return false };
+            let mut s = StreamOwned::new(conn, s);
+            s.write_all(request).is_ok() && s.read_exact(&mut head).is_ok()
+        }
+    };
+    answered && head.ends_with(b"200")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -689,7 +752,7 @@ fn summary(o: &Options, records: &[Record]) -> String {
         )
     };
     let runs = records.iter().map(|r| r.run).max().unwrap_or(0);
-    let mut out = format!("\nmedians of {runs} run(s)\n");
+    let mut out = format!("\nmedians of {runs} run(s){}\n", if o.tls { ", over wss (TLS)" } else { "" });
     let _ = write!(out, "{:<52}", "metric");
     for t in &targets {
         let _ = write!(out, " {t:>12}");
@@ -754,12 +817,18 @@ pub fn run(o: &Options) -> Result<Vec<Record>, String> {
     };
     let mut sink = Sink { json, records: Vec::new() };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    eprintln!("edgepush-bench: {cpus} CPUs, {} run(s), fd limit {nofile}", o.runs);
+    let over = if o.tls { ", over wss (TLS 1.3, full handshakes)" } else { "" };
+    eprintln!("edgepush-bench: {cpus} CPUs, {} run(s), fd limit {nofile}{over}", o.runs);
     for run in 1..=o.runs {
-        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o), o.broker_nagle)?) } else { None };
+        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o), o.broker_nagle, o.tls)?) } else { None };
         let mut targets = local.as_ref().map_or_else(|| o.external.clone(), |l| l.targets.clone());
         if run % 2 == 0 {
             targets.reverse();
+        }
+        if run == 1 {
+            for t in &targets {
+                eprintln!("{}: {}", t.name, t.url);
+            }
         }
         if let Some(l) = &local {
             for (name, ms) in &l.start_ms {
@@ -872,7 +941,8 @@ mod tests {
         assert!(o.external.is_empty());
         assert!(!o.idle_only && !o.broker_nagle, "by default: every scenario, the broker without Nagle's delay");
         let o = parse_args(&args("--idle-only --broker-nagle")).unwrap();
-        assert!(o.idle_only && o.broker_nagle);
+        assert!(o.idle_only && o.broker_nagle && !o.tls, "ws unless --tls");
+        assert!(parse_args(&args("--quick --tls")).unwrap().tls);
         let o = parse_args(&args("--edgepush ws://gw:8080/ws --broker gw:1883 --edgepush-pid 7")).unwrap();
         assert_eq!(o.external.len(), 1);
         assert_eq!((o.external[0].rss_pid, o.external[0].broker.as_str()), (Some(7), "gw:1883"));
@@ -884,6 +954,7 @@ mod tests {
             ("--frobnicate", "frobnicate"),
             ("--edgepush http://gw/ --broker gw:1", "ws://"),
             ("--runs 0", "at least 1"),
+            ("--tls --edgepush ws://gw/ws --broker gw:1", "--tls"),
         ] {
             let e = parse_args(&args(bad)).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -121,6 +121,22 @@ fn bench_starts_its_own_pair_and_prints_the_table() {
     assert!(stdout.contains("medians of 2 run(s)"), "{stdout}");
 }
 
+/// `--tls`: the pair the tool starts serves wss with a certificate the tool
+/// made, and every figure is measured over it, for both servers.
+#[test]
+fn bench_over_tls_measures_both_servers_over_wss() {
+    let (records, stderr) = run_bench(&["--quick", "--tls", "--json", "-"]);
+    for target in ["edgepush", "mosquitto"] {
+        assert!(stderr.contains(&format!("{target}: wss://127.0.0.1:")), "{target} over wss: {stderr}");
+        check_delivery(&records, target);
+        let idle = find(&records, target, "idle-20");
+        assert_eq!(idle.len(), 1, "{target}");
+        assert!(idle[0]["connect_per_s"].as_f64().unwrap() > 0.0, "{}", idle[0]);
+        assert!(idle[0]["rss_per_conn_kib"].as_f64().is_some(), "{}", idle[0]);
+    }
+    assert!(stderr.contains("medians of 1 run(s), over wss"), "{stderr}");
+}
+
 #[test]
 fn bench_refuses_bad_arguments_with_the_reason() {
     for (args, says) in [(&["--edgepush", "ws://127.0.0.1:1/ws"][..], "--broker"), (&["--ramp", "5"][..], "--ramp")] {
