@@ -52,7 +52,7 @@ fn reconnect_storm_after_a_server_restart_resyncs_everyone_within_the_caps() {
     let cfg_path = write_config(&scratch_dir("storm"), &scale_config(port, broker.port, ""));
     let cfg = edgepush::internals::Config::load(&cfg_path, None).unwrap();
     let (board, _) = edgepush::internals::board_profile(&cfg.board).unwrap();
-    let bound_kib = board.worst_case_bytes(&cfg.limits) / 1024;
+    let bound_kib = board.worst_case_bytes(&cfg.limits, cfg.tls.is_some()) / 1024;
     let mut server = Daemon::run(&cfg_path, addr);
     // Under qemu-user the RSS is the emulator's too (its translation cache
     // alone is tens of MiB): there the bound applies to the growth from idle.

@@ -8,6 +8,17 @@ use crate::config::Limits;
 /// measurement; small next to `max-header-bytes`).
 pub const PENDING_HEAD_BYTES: u64 = 1024;
 
+/// With `[tls]`: what the listener lets rustls queue of encrypted output per
+/// connection (`set_buffer_limit`; rustls' default is 64 KiB). What waits
+/// beyond it waits in the outbox, counted already.
+pub const TLS_SEND_BUFFER_BYTES: usize = 16 * 1024;
+
+/// With `[tls]`: the buffers rustls can hold per connection beyond its idle
+/// state: one incoming record being assembled (16 KiB of payload plus 2 KiB of
+/// expansion and a 5-byte header, less the 4 KiB the idle state counts), its
+/// decrypted 16 KiB not yet read, and [`TLS_SEND_BUFFER_BYTES`] of output.
+pub const TLS_BUFFER_BYTES: u64 = (18432 + 5 - 4096) + 16 * 1024 + TLS_SEND_BUFFER_BYTES as u64;
+
 /// The memory model, per board file, from measurements on a running server
 /// (`examples/idle_connections.rs`, `examples/memory_model.rs`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,6 +37,9 @@ pub struct MemoryModel {
     pub topic_bytes: u64,
     /// One history entry with its event (200-byte payload).
     pub history_entry_bytes: u64,
+    /// What an idle TLS connection costs beyond a plain one (rustls' state,
+    /// keys and its 4 KiB record buffer), with `[tls]`.
+    pub tls_connection_bytes: u64,
 }
 
 /// The `[board]` table of a profile.
@@ -38,6 +52,9 @@ pub struct Board {
     pub ram_mb: u64,
     /// Share of RAM edgepush may use at its worst case, in percent.
     pub budget_percent: u64,
+    /// `max-connections` when the config has `[tls]` and does not set it:
+    /// TLS connections cost more (see [`TLS_BUFFER_BYTES`]), so fewer fit the budget.
+    pub tls_max_connections: usize,
     pub model: MemoryModel,
 }
 
@@ -45,27 +62,32 @@ impl Board {
     /// The most one connection can cost with these limits: idle state, a read
     /// buffer grown to the largest client message, frame buffers, a full
     /// outbox (plus answers in flight, counted as a second outbox) and every filter.
-    pub fn connection_worst_bytes(&self, l: &Limits) -> u64 {
+    /// With `tls`, rustls' idle state and [`TLS_BUFFER_BYTES`] on top.
+    pub fn connection_worst_bytes(&self, l: &Limits, tls: bool) -> u64 {
         let m = &self.model;
         m.connection_idle_bytes
             + l.max_message_bytes as u64
             + m.frame_bytes
             + 2 * l.outbox_messages as u64 * m.outbox_entry_bytes
             + u64::from(l.max_filters) * m.filter_bytes
+            + if tls { m.tls_connection_bytes + TLS_BUFFER_BYTES } else { 0 }
     }
 
     /// The most one request head in progress can cost: its buffer grown to
-    /// `max-header-bytes` and [`PENDING_HEAD_BYTES`] for its task and socket.
-    pub fn pending_head_worst_bytes(&self, l: &Limits) -> u64 {
-        l.max_header_bytes as u64 + PENDING_HEAD_BYTES
+    /// `max-header-bytes` and [`PENDING_HEAD_BYTES`] for its task and socket;
+    /// with `tls`, a handshake's rustls state and one record being assembled.
+    pub fn pending_head_worst_bytes(&self, l: &Limits, tls: bool) -> u64 {
+        let handshake = if tls { self.model.tls_connection_bytes + 18432 + 5 } else { 0 };
+        l.max_header_bytes as u64 + PENDING_HEAD_BYTES + handshake
     }
 
-    /// The worst case of the whole server with these limits, in bytes.
-    pub fn worst_case_bytes(&self, l: &Limits) -> u64 {
+    /// The worst case of the whole server with these limits, in bytes; with
+    /// `tls` (a config with `[tls]`), every connection and head is a TLS one.
+    pub fn worst_case_bytes(&self, l: &Limits, tls: bool) -> u64 {
         let m = &self.model;
         m.base_kib * 1024
-            + l.max_connections as u64 * self.connection_worst_bytes(l)
-            + l.pending_heads() as u64 * self.pending_head_worst_bytes(l)
+            + l.max_connections as u64 * self.connection_worst_bytes(l, tls)
+            + l.pending_heads() as u64 * self.pending_head_worst_bytes(l, tls)
             + l.max_topics as u64 * m.topic_bytes
             + l.history as u64 * m.history_entry_bytes
     }

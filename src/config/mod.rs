@@ -267,7 +267,19 @@ impl Config {
         let limits = table.get(Limits::TABLE).and_then(Toml::as_table);
         let both_caps =
             limits.is_some_and(|l| l.contains_key("max-connections") && l.contains_key("max-connections-per-ip"));
+        let cap_written = limits.is_some_and(|l| l.contains_key("max-connections"));
         apply(&mut cfg, table, &mut problems);
+        // With [tls] and no cap of its own, the board's TLS cap: what fits its budget over TLS.
+        if let (Some(_), false, Ok((b, _))) = (&cfg.tls, cap_written, board_profile(&board)) {
+            if cfg.limits.max_connections > b.tls_max_connections {
+                cfg.limits.max_connections = b.tls_max_connections;
+                cfg.notes.push(format!(
+                    "[tls]: limits.max-connections is {} (board {board}'s cap with TLS, whose connections \
+                     cost more memory); set it to choose",
+                    b.tls_max_connections
+                ));
+            }
+        }
         validate(&cfg, &mut problems);
         // The smaller cap binds first; said only when the file set both.
         if both_caps && cfg.limits.max_connections_per_ip > cfg.limits.max_connections {
@@ -489,6 +501,7 @@ fn board_meta(meta: Toml, b: &mut Board, problems: &mut Vec<Problem>) {
     s.string("target", &mut b.target);
     s.int("ram-mb", 64, 1 << 20, &mut b.ram_mb);
     s.int("budget-percent", 1, 90, &mut b.budget_percent);
+    s.int("tls-max-connections", 1, 1_000_000, &mut b.tls_max_connections);
     {
         let mut m = s.sub("memory-model");
         let model = &mut b.model;
@@ -501,6 +514,7 @@ fn board_meta(meta: Toml, b: &mut Board, problems: &mut Vec<Problem>) {
         m.int("filter-bytes", 1, big, &mut model.filter_bytes);
         m.int("topic-bytes", 1, big, &mut model.topic_bytes);
         m.int("history-entry-bytes", 1, big, &mut model.history_entry_bytes);
+        m.int("tls-connection-bytes", 1, big, &mut model.tls_connection_bytes);
         m.finish();
     }
     s.finish();
@@ -508,6 +522,7 @@ fn board_meta(meta: Toml, b: &mut Board, problems: &mut Vec<Problem>) {
         ("board.target", b.target.is_empty()),
         ("board.ram-mb", b.ram_mb == 0),
         ("board.budget-percent", b.budget_percent == 0),
+        ("board.tls-max-connections", b.tls_max_connections == 0),
         ("board.memory-model", b.model == MemoryModel::default()),
     ] {
         if missing {
@@ -885,23 +900,39 @@ mod tests {
     fn every_board_profile_validates_and_its_worst_case_fits_its_budget() {
         for (name, _) in BOARDS {
             let (board, cfg) = board_profile(name).unwrap_or_else(|e| panic!("{e}"));
-            let worst = board.worst_case_bytes(&cfg.limits);
             let budget = board.budget_bytes();
-            eprintln!(
-                "{name}: {} MB, target {}, {} connections, worst case {:.1} MiB of a {:.1} MiB budget",
-                board.ram_mb,
-                board.target,
-                cfg.limits.max_connections,
-                worst as f64 / 1048576.0,
-                budget as f64 / 1048576.0
-            );
-            assert!(worst <= budget, "{name}: worst case {worst} B exceeds its budget {budget} B");
+            // Plain, and with [tls] (every connection and handshake a TLS one, at the TLS cap).
+            for tls in [false, true] {
+                let mut l = cfg.limits.clone();
+                if tls {
+                    assert!(board.tls_max_connections <= l.max_connections, "{name}");
+                    l.max_connections = board.tls_max_connections;
+                }
+                let worst = board.worst_case_bytes(&l, tls);
+                eprintln!(
+                    "{name}: {} MB, target {}, {} connections, tls {tls}: worst case {:.1} MiB of a {:.1} MiB budget",
+                    board.ram_mb,
+                    board.target,
+                    l.max_connections,
+                    worst as f64 / 1048576.0,
+                    budget as f64 / 1048576.0
+                );
+                assert!(worst <= budget, "{name}, tls {tls}: worst case {worst} B exceeds its budget {budget} B");
+            }
+            assert!(board.model.tls_connection_bytes > 0, "{name}: the TLS cost is in the model");
             assert!(cfg.limits.max_connections_per_ip <= cfg.limits.max_connections, "{name}");
             assert!(["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf", "x86_64-unknown-linux-gnu"]
                 .contains(&board.target.as_str()));
-            // A config naming the board gets its limits.
+            // A config naming the board gets its limits; with [tls], its TLS cap,
+            // unless the config sets max-connections itself.
             let named = load(&format!("board = \"{name}\"")).unwrap();
             assert_eq!(named.limits, cfg.limits);
+            let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+            let named = load(&format!("board = \"{name}\"\n{tls}")).unwrap();
+            assert_eq!(named.limits.max_connections, board.tls_max_connections, "{name}");
+            assert!(named.warnings().iter().any(|w| w.contains("board") && w.contains("TLS")), "{name}");
+            let own = load(&format!("board = \"{name}\"\n[limits]\nmax-connections = 999\n{tls}")).unwrap();
+            assert_eq!(own.limits.max_connections, 999);
         }
     }
 
@@ -913,6 +944,7 @@ mod tests {
             target: String::new(),
             ram_mb: 100,
             budget_percent: 10,
+            tls_max_connections: 2,
             model: MemoryModel {
                 base_kib: 1,
                 connection_idle_bytes: 1000,
@@ -921,6 +953,7 @@ mod tests {
                 filter_bytes: 5,
                 topic_bytes: 7,
                 history_entry_bytes: 3,
+                tls_connection_bytes: 17,
             },
         };
         let mut l = Config::default().limits;
@@ -930,10 +963,14 @@ mod tests {
         l.max_connections = 3;
         l.max_topics = 11;
         l.history = 13;
-        assert_eq!(board.connection_worst_bytes(&l), 1000 + 50 + 100 + 2 * 4 * 10 + 2 * 5);
+        assert_eq!(board.connection_worst_bytes(&l, false), 1000 + 50 + 100 + 2 * 4 * 10 + 2 * 5);
+        assert_eq!(board.connection_worst_bytes(&l, true), 1240 + 17 + board::TLS_BUFFER_BYTES);
         l.max_header_bytes = 300;
         assert_eq!(l.pending_heads(), 64);
-        assert_eq!(board.worst_case_bytes(&l), 1024 + 3 * 1240 + 64 * (300 + 1024) + 11 * 7 + 13 * 3);
+        assert_eq!(board.worst_case_bytes(&l, false), 1024 + 3 * 1240 + 64 * (300 + 1024) + 11 * 7 + 13 * 3);
+        let tls_conn = 1240 + 17 + board::TLS_BUFFER_BYTES;
+        let tls_head = 300 + 1024 + 17 + 18437;
+        assert_eq!(board.worst_case_bytes(&l, true), 1024 + 3 * tls_conn + 64 * tls_head + 11 * 7 + 13 * 3);
         l.max_connections = 100;
         assert_eq!(l.pending_heads(), 300);
         assert_eq!(board.budget_bytes(), 100 * 1048576 / 10);
@@ -945,6 +982,15 @@ mod tests {
         let mut b = Board::default();
         board_meta(Toml::Table(Table::new()), &mut b, &mut problems);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, vec!["board.target", "board.ram-mb", "board.budget-percent", "board.memory-model"]);
+        assert_eq!(
+            keys,
+            vec![
+                "board.target",
+                "board.ram-mb",
+                "board.budget-percent",
+                "board.tls-max-connections",
+                "board.memory-model"
+            ]
+        );
     }
 }

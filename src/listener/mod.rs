@@ -428,7 +428,11 @@ async fn handshake_phase(
                 Err(io::Error::from(io::ErrorKind::TimedOut))
             };
             match accept.or(timeout).await {
-                Ok(s) => Socket::Tls(Box::new(s)),
+                Ok(mut s) => {
+                    // rustls would queue 64 KiB of encrypted output; the memory model counts this much.
+                    s.get_mut().1.set_buffer_limit(Some(crate::config::board::TLS_SEND_BUFFER_BYTES));
+                    Socket::Tls(Box::new(s))
+                }
                 Err(e) => {
                     let why = if e.kind() == io::ErrorKind::TimedOut { Refusal::Timeout } else { Refusal::BadRequest };
                     m.refused(why);
