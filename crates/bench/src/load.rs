@@ -17,8 +17,8 @@ use smol::Async;
 
 use super::mqtt;
 use edgepush_client::{Client, ClientStream, ConnectOptions};
-use futures_rustls::rustls::ClientConfig;
 use edgepush_protocol::{ServerMsg, Value};
+use futures_rustls::rustls::ClientConfig;
 
 /// Microseconds since the tool started: the publisher writes it into each
 /// payload and the receiving client subtracts it from its own reading.

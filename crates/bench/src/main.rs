@@ -342,7 +342,11 @@ impl Crowd {
                 return Err(format!("{failed} of {n} clients failed to connect to {}: {e}", self.dial.url));
             }
             if start.elapsed() > limit {
-                return Err(format!("only {} of {n} clients connected to {} in {limit:?}", self.ready(), self.dial.url));
+                return Err(format!(
+                    "only {} of {n} clients connected to {} in {limit:?}",
+                    self.ready(),
+                    self.dial.url
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -562,7 +566,8 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool, tls: bool) -> 
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut local = Local { dir: dir.clone(), children: Vec::new(), targets: Vec::new(), start_ms: Vec::new() };
     let (mq_tcp, mq_ws, ep) = (free_port()?, free_port()?, free_port()?);
-    let (tls_section, client_tls) = if tls { certificate(&dir).map(|(s, c)| (s, Some(c)))? } else { (String::new(), None) };
+    let (tls_section, client_tls) =
+        if tls { certificate(&dir).map(|(s, c)| (s, Some(c)))? } else { (String::new(), None) };
     // mosquitto's TLS websockets listener: the same certificate, on the websockets listener only.
     let mq_tls = if tls {
         format!("certfile {}\nkeyfile {}\n", dir.join("cert.pem").display(), dir.join("key.pem").display())
@@ -820,7 +825,8 @@ pub fn run(o: &Options) -> Result<Vec<Record>, String> {
     let over = if o.tls { ", over wss (TLS 1.3, full handshakes)" } else { "" };
     eprintln!("edgepush-bench: {cpus} CPUs, {} run(s), fd limit {nofile}{over}", o.runs);
     for run in 1..=o.runs {
-        let local = if o.external.is_empty() { Some(start_local(run, &server_bin(o), o.broker_nagle, o.tls)?) } else { None };
+        let local =
+            if o.external.is_empty() { Some(start_local(run, &server_bin(o), o.broker_nagle, o.tls)?) } else { None };
         let mut targets = local.as_ref().map_or_else(|| o.external.clone(), |l| l.targets.clone());
         if run % 2 == 0 {
             targets.reverse();
