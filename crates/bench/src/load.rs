@@ -252,17 +252,9 @@ async fn mqtt_connect(dial: &Dial, n: usize) -> Result<WsStream, String> {
     let addr = smol::net::resolve(host_port).await.map_err(|e| e.to_string())?;
     let addr = addr.first().ok_or_else(|| format!("{host_port} resolves to nothing"))?;
     let stream = Async::<TcpStream>::connect(*addr).await.map_err(|e| e.to_string())?;
-    let _ = stream.get_ref().set_nodelay(true);
-    let stream = match tls {
-        None => ClientStream::Plain(stream),
-        Some(tls) => {
-            let host = edgepush_protocol::authority::bare_host(host_port);
-            let name = futures_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
-                .map_err(|e| format!("{url}: {e}"))?;
-            let s = futures_rustls::TlsConnector::from(tls.clone()).connect(name, stream).await;
-            ClientStream::Tls(Box::new(s.map_err(|e| format!("TLS handshake with {url}: {e}"))?))
-        }
-    };
+    let stream = edgepush_client::stream::open(stream, host_port, tls)
+        .await
+        .map_err(|e| format!("TLS handshake with {url}: {e}"))?;
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);

@@ -207,25 +207,18 @@ impl Client {
     /// As [`Client::connect`].
     pub async fn handshake(url: &str, stream: Async<TcpStream>, opts: &ConnectOptions) -> Result<Client, ClientError> {
         let (auth, tls) = authority(url)?;
-        let _ = stream.get_ref().set_nodelay(true);
-        let stream = if tls {
-            let Some(config) = &opts.tls else {
-                return Err(ClientError::BadUrl(format!(
-                    "{url}: wss needs the server's certificate (or its CA) to trust (EDGEPUSH_CA=cert.pem for watch)"
-                )));
-            };
-            let name = futures_rustls::rustls::pki_types::ServerName::try_from(
-                edgepush_protocol::authority::bare_host(auth).to_owned(),
-            )
-            .map_err(|e| ClientError::BadUrl(format!("{url}: {e}")))?;
-            let s = futures_rustls::TlsConnector::from(config.clone())
-                .connect(name, stream)
-                .await
-                .map_err(ClientError::Io)?;
-            ClientStream::Tls(Box::new(s))
-        } else {
-            ClientStream::Plain(stream)
-        };
+        if tls && opts.tls.is_none() {
+            return Err(ClientError::BadUrl(format!(
+                "{url}: wss needs the server's certificate (or its CA) to trust (EDGEPUSH_CA=cert.pem for watch)"
+            )));
+        }
+        let stream = stream::open(stream, auth, if tls { opts.tls.as_ref() } else { None }).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                ClientError::BadUrl(format!("{url}: {e}"))
+            } else {
+                ClientError::Io(e)
+            }
+        })?;
         let mut req = url.into_client_request()?;
         if opts.subprotocol {
             req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_rustls::rustls::pki_types::pem::PemObject;
-use futures_rustls::rustls::pki_types::CertificateDer;
+use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::Async;
@@ -50,6 +50,29 @@ pub fn trusting(pem: &Path) -> Result<Arc<ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Opens the client's side of a connection over a socket the caller
+/// connected: sets `TCP_NODELAY`, then runs the TLS handshake when `tls` is
+/// given, checking the certificate against the host in `authority` (a URL's
+/// `host[:port]`), or stays plain.
+///
+/// # Errors
+/// `InvalidInput` when the host is not a name or address a certificate can
+/// hold; the handshake's own error otherwise.
+pub async fn open(
+    stream: Async<TcpStream>,
+    authority: &str,
+    tls: Option<&Arc<ClientConfig>>,
+) -> io::Result<ClientStream> {
+    let _ = stream.get_ref().set_nodelay(true);
+    let Some(config) = tls else {
+        return Ok(MaybeTls::Plain(stream));
+    };
+    let host = edgepush_protocol::authority::bare_host(authority).to_owned();
+    let name = ServerName::try_from(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let s = futures_rustls::TlsConnector::from(config.clone()).connect(name, stream).await?;
+    Ok(MaybeTls::Tls(Box::new(s)))
 }
 
 /// Forwards a call to whichever stream it is.
