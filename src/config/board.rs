@@ -13,11 +13,15 @@ pub const PENDING_HEAD_BYTES: u64 = 1024;
 /// beyond it waits in the outbox, counted already.
 pub const TLS_SEND_BUFFER_BYTES: usize = 16 * 1024;
 
+/// The most one TLS record takes on the wire: 16 KiB of payload, 2 KiB of
+/// expansion and the 5-byte header.
+pub const TLS_RECORD_BYTES: u64 = 18432 + 5;
+
 /// With `[tls]`: the buffers rustls can hold per connection beyond its idle
-/// state: one incoming record being assembled (16 KiB of payload plus 2 KiB of
-/// expansion and a 5-byte header, less the 4 KiB the idle state counts), its
+/// state: one incoming record being assembled ([`TLS_RECORD_BYTES`], less the
+/// 4 KiB the idle state counts), its
 /// decrypted 16 KiB not yet read, and [`TLS_SEND_BUFFER_BYTES`] of output.
-pub const TLS_BUFFER_BYTES: u64 = (18432 + 5 - 4096) + 16 * 1024 + TLS_SEND_BUFFER_BYTES as u64;
+pub const TLS_BUFFER_BYTES: u64 = (TLS_RECORD_BYTES - 4096) + 16 * 1024 + TLS_SEND_BUFFER_BYTES as u64;
 
 /// The memory model, per board file, from measurements on a running server
 /// (`examples/idle_connections.rs`, `examples/memory_model.rs`).
@@ -77,7 +81,7 @@ impl Board {
     /// `max-header-bytes` and [`PENDING_HEAD_BYTES`] for its task and socket;
     /// with `tls`, a handshake's rustls state and one record being assembled.
     pub fn pending_head_worst_bytes(&self, l: &Limits, tls: bool) -> u64 {
-        let handshake = if tls { self.model.tls_connection_bytes + 18432 + 5 } else { 0 };
+        let handshake = if tls { self.model.tls_connection_bytes + TLS_RECORD_BYTES } else { 0 };
         l.max_header_bytes as u64 + PENDING_HEAD_BYTES + handshake
     }
 
