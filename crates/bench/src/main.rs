@@ -542,23 +542,35 @@ fn server_bin(o: &Options) -> PathBuf {
     beside.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("edgepush"))
 }
 
-/// A self-signed certificate for 127.0.0.1 written to `dir` as `cert.pem` and
-/// `key.pem`, and a client config that trusts it and never resumes a session
-/// (every connect a full handshake). The files are world-readable: mosquitto,
-/// started as root, drops to its own user before its websockets listener
-/// reads them. Returns the `[tls]` section for edgepush.
-fn certificate(dir: &std::path::Path) -> Result<(String, Arc<ClientConfig>), String> {
+/// What `--tls` adds to the pair the tool starts: edgepush's `[tls]`
+/// section, the lines that put mosquitto's websockets listener on the same
+/// certificate, and a client config that trusts it and never resumes a
+/// session (so every connect is a full handshake).
+struct Tls {
+    edgepush: String,
+    mosquitto: String,
+    client: Arc<ClientConfig>,
+}
+
+/// A self-signed certificate for 127.0.0.1 written to `dir` as `cert.pem`
+/// and `key.pem`, and the settings that use it. The files are world-readable:
+/// mosquitto, started as root, drops to its own user before its websockets
+/// listener reads them.
+fn certificate(dir: &std::path::Path) -> Result<Tls, String> {
     let k = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
         .map_err(|e| format!("making a certificate: {e}"))?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     for (path, text) in [(&cert, k.cert.pem()), (&key, k.key_pair.serialize_pem())] {
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let trusting = edgepush_client::trusting(&cert)?;
-    let mut config = (*trusting).clone();
-    config.resumption = futures_rustls::rustls::client::Resumption::disabled();
-    let section = format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string());
-    Ok((section, Arc::new(config)))
+    let mut client = (*edgepush_client::trusting(&cert)?).clone();
+    client.resumption = futures_rustls::rustls::client::Resumption::disabled();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    Ok(Tls {
+        edgepush: format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n"),
+        mosquitto: format!("certfile {cert}\nkeyfile {key}\n"),
+        client: Arc::new(client),
+    })
 }
 
 fn start_local(run: usize, server: &std::path::Path, nagle: bool, tls: bool) -> Result<Local, String> {
@@ -566,14 +578,11 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool, tls: bool) -> 
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut local = Local { dir: dir.clone(), children: Vec::new(), targets: Vec::new(), start_ms: Vec::new() };
     let (mq_tcp, mq_ws, ep) = (free_port()?, free_port()?, free_port()?);
-    let (tls_section, client_tls) =
-        if tls { certificate(&dir).map(|(s, c)| (s, Some(c)))? } else { (String::new(), None) };
-    // mosquitto's TLS websockets listener: the same certificate, on the websockets listener only.
-    let mq_tls = if tls {
-        format!("certfile {}\nkeyfile {}\n", dir.join("cert.pem").display(), dir.join("key.pem").display())
-    } else {
-        String::new()
-    };
+    let tls = if tls { Some(certificate(&dir)?) } else { None };
+    let client_tls = tls.as_ref().map(|t| t.client.clone());
+    // mosquitto's TLS is on its websockets listener only, like edgepush's.
+    let mq_tls = tls.as_ref().map_or("", |t| t.mosquitto.as_str());
+    let tls_section = tls.as_ref().map_or("", |t| t.edgepush.as_str());
     let conf = dir.join("mosquitto.conf");
     let text = format!(
         "listener {mq_tcp} 127.0.0.1\nlistener {mq_ws} 127.0.0.1\nprotocol websockets\n{mq_tls}\
@@ -611,7 +620,7 @@ fn start_local(run: usize, server: &std::path::Path, nagle: bool, tls: bool) -> 
         std::thread::sleep(Duration::from_millis(10));
     }
     let broker = format!("127.0.0.1:{mq_tcp}");
-    let scheme = if tls { "wss" } else { "ws" };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     local.targets = vec![
         Target {
             name: "edgepush",
