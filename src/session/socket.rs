@@ -101,7 +101,9 @@ pub(crate) async fn linger(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), m
     use smol::io::{AsyncReadExt, AsyncWriteExt};
     // Flushes, then half-closes (after TLS's close_notify).
     let _ = stream.close().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would live in every session's future, idle
+    // or not (4 KiB per connection, measured), since sessions await this.
+    let mut sink = vec![0u8; 4096];
     let mut total = 0;
     while total < max_bytes {
         match stream.read(&mut sink).await {
