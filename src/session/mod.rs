@@ -427,3 +427,55 @@ impl Session {
 fn start_send(ws: &mut Ws, msg: Message) -> Result<(), WsError> {
     Pin::new(ws).start_send(msg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_tungstenite::tungstenite::protocol::Role;
+    use async_tungstenite::WebSocketStream;
+    use smol::Async;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A session's future is allocated whole for every connection, idle or
+    /// not: a buffer held across an `.await` in it costs its size per
+    /// connection (a 4 KiB array in `linger` once doubled the RSS per idle
+    /// connection). Large buffers belong on the heap, where they live only
+    /// while used. The bound leaves room for ordinary growth, not for a buffer.
+    #[test]
+    fn a_sessions_future_carries_no_buffer() {
+        smol::block_on(async {
+            let l = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).unwrap();
+            let _peer = Async::<TcpStream>::connect(l.get_ref().local_addr().unwrap()).await.unwrap();
+            let (s, peer) = l.accept().await.unwrap();
+            let cfg = SessionConfig {
+                heartbeat_interval: Duration::from_secs(15),
+                heartbeat_timeout: Duration::from_secs(10),
+                slow_client_timeout: Duration::from_secs(10),
+                outbox_messages: 64,
+                max_message_bytes: 65536,
+                messages_per_second: 50,
+                burst: 100,
+                max_age: None,
+            };
+            let ws = WebSocketStream::from_raw_socket(
+                socket::Socket::Plain(socket::Raw::new(s)),
+                Role::Server,
+                Some(cfg.websocket()),
+            )
+            .await;
+            let session = Session {
+                conn: 1,
+                peer,
+                cfg: Arc::new(cfg),
+                hub: async_channel::bounded(1).0,
+                perms: Arc::new(Permissions::default()),
+                metrics: Arc::new(Metrics::default()),
+                slot: Box::new(()),
+                expires: None,
+            };
+            let size = std::mem::size_of_val(&session.run(ws));
+            println!("a session's future: {size} bytes");
+            assert!(size <= 2048, "a session's future is {size} bytes: a buffer held across an await?");
+        });
+    }
+}
