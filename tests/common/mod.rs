@@ -318,11 +318,22 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 /// The binary running `config` (plus `listen` on a free loopback port) from
 /// a fresh scratch directory, once it listens; returns it and its address.
+///
+/// A free port can be taken before the server binds it (a connection's
+/// local port comes from the same range), so a server that exits saying its
+/// address is in use is started again on another port, at most three times.
 pub fn run_binary(config: &str) -> (Daemon, SocketAddr) {
-    let port = free_port();
-    let path = write_config(&scratch_dir("edgepush"), &format!("listen = \"127.0.0.1:{port}\"\n{config}"));
-    let addr = loopback(port);
-    (Daemon::run(&path, addr), addr)
+    for attempt in 1.. {
+        let port = free_port();
+        let path = write_config(&scratch_dir("edgepush"), &format!("listen = \"127.0.0.1:{port}\"\n{config}"));
+        let addr = loopback(port);
+        match Daemon::try_run(&path, addr) {
+            Ok(d) => return (d, addr),
+            Err(log) if attempt < 3 && log.contains("in use") => eprintln!("port {port} was taken; another"),
+            Err(log) => panic!("the server exited before listening on {addr}:\n{log}"),
+        }
+    }
+    unreachable!()
 }
 
 /// The server, in this process, on a free port.
@@ -793,12 +804,32 @@ impl Daemon {
     }
 
     /// `edgepush run --config <config>`, once `addr` accepts connections.
+    /// Fails at once, with the server's log, if it exits first.
     pub fn run(config: &Path, addr: SocketAddr) -> Daemon {
+        Daemon::try_run(config, addr)
+            .unwrap_or_else(|log| panic!("the server exited before listening on {addr}:\n{log}"))
+    }
+
+    /// As [`Daemon::run`], but a server that exits before it listens gives
+    /// its log instead of failing the test.
+    pub fn try_run(config: &Path, addr: SocketAddr) -> Result<Daemon, String> {
         let mut cmd = edgepush_command();
         cmd.args(["run", "--config"]).arg(config);
-        let d = Daemon::spawn(cmd);
-        wait_until(20_000, "the server to listen", || TcpStream::connect(addr).is_ok());
-        d
+        let mut d = Daemon::spawn(cmd);
+        let mut exited = false;
+        wait_until(20_000, "the server to listen", || {
+            if TcpStream::connect(addr).is_ok() {
+                return true;
+            }
+            exited = matches!(d.child.try_wait(), Ok(Some(_)));
+            exited
+        });
+        if exited {
+            // Its last lines may still be in the pipe.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(d.log.all().join("\n"));
+        }
+        Ok(d)
     }
 
     /// Sends `sig` to the process.
