@@ -569,6 +569,10 @@ async fn handshake_phase(
     if line.path == "/ws" {
         m.refused(why);
     }
+    // A refused request gives its slot back before its answer goes out, not
+    // after the lingering close: a client that reads the refusal and tries
+    // again (with its token, say) finds the slot free.
+    drop(slot);
     http::send(&mut stream, &answer).await;
     None
 }
